@@ -1,0 +1,10 @@
+"""The one exception type whose message is shown to users as is."""
+
+
+class MicroFaceError(Exception):
+    """A problem with the user's input or setup. ``str(err)`` is one line naming it and, where
+    there is one, the fix. ``code`` is the process exit status the CLI uses."""
+
+    def __init__(self, message: str, code: int = 2):
+        super().__init__(" ".join(message.split()))
+        self.code = code

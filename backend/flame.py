@@ -1,0 +1,286 @@
+"""FLAME head model: file loading (no chumpy, no code from the pickle) and a batched PyTorch layer.
+
+Coordinates are FLAME's model frame in metres: +y up, +z out of the face, +x the subject's left.
+The pose vector per frame is axis-angle for each joint in file order (FLAME: global, neck, jaw,
+left eye, right eye), so (B, 3*J) radians.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import safe_pickle
+from .config import resolve_asset
+from .errors import MicroFaceError
+from .regions import REGION_NAMES, region_labels
+
+# Official FLAME files lack these keys; their layout is 300 identity then 100 expression columns.
+_DEFAULT_N_SHAPE, _DEFAULT_N_EXPR, _DEFAULT_EXPR_OFFSET = 300, 100, 300
+_REQUIRED = ("v_template", "f", "shapedirs", "weights", "J_regressor", "kintree_table")
+
+
+@dataclass
+class FlameModel:
+    """A head model in FLAME layout, as numpy arrays (float32 geometry, metres)."""
+
+    path: Path
+    model_id: str                     # "<file name>@sha256:<first 16 hex>"
+    v_template: np.ndarray            # (V, 3)
+    faces: np.ndarray                 # (F, 3) int64
+    shapedirs: np.ndarray             # (V, 3, n_shape), per unit coefficient
+    exprdirs: np.ndarray              # (V, 3, n_expr)
+    posedirs: np.ndarray | None       # (9*(J-1), 3V) pose correctives, None when all zero
+    j_regressor: np.ndarray           # (J, V)
+    weights: np.ndarray               # (V, J) skinning weights
+    parents: np.ndarray               # (J,) int64, -1 for the root
+    joint_names: list[str]
+    expression_names: list[str]
+    expr_named: bool                  # named one-sided targets (ARKit-style 0..1) vs PCA
+    lmk68_faces: np.ndarray           # (68,) triangle per landmark
+    lmk68_bary: np.ndarray            # (68, 3)
+    mp_faces: np.ndarray              # (K,) triangle per embedded MediaPipe point
+    mp_bary: np.ndarray               # (K, 3)
+    mp_indices: np.ndarray            # (K,) index into MediaPipe's 478 points
+    region_labels: np.ndarray         # (V,) index into REGION_NAMES, -1 outside
+    region_names: tuple[str, ...] = field(default=REGION_NAMES)
+
+    @property
+    def n_shape(self) -> int:
+        return self.shapedirs.shape[2]
+
+    @property
+    def n_expr(self) -> int:
+        return self.exprdirs.shape[2]
+
+    @property
+    def n_joints(self) -> int:
+        return len(self.parents)
+
+    def region_vertices(self, name: str) -> np.ndarray:
+        return np.flatnonzero(self.region_labels == self.region_names.index(name))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _load_pickle(path: Path, what: str) -> dict:
+    try:
+        data = safe_pickle.load(path)
+    except safe_pickle.UnsafePickleError as exc:
+        raise MicroFaceError(f"{what} {path} refused: {exc}") from None
+    except (ValueError, OSError) as exc:
+        raise MicroFaceError(f"{what} {path} is corrupt or not a FLAME pickle: {exc}") from None
+    if not isinstance(data, dict):
+        raise MicroFaceError(f"{what} {path} is not a FLAME pickle (top level is {type(data).__name__}, not a dict)")
+    return data
+
+
+def _load_npz(path: Path, keys: tuple[str, ...], what: str) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in keys}
+    except KeyError as exc:
+        raise MicroFaceError(f"{what} {path} lacks array {exc}") from None
+    except (ValueError, OSError) as exc:
+        raise MicroFaceError(f"{what} {path} is corrupt or not an .npz: {exc}") from None
+
+
+def load_flame(flame: str | Path | None = None, assets: str | Path | None = None) -> FlameModel:
+    """Load a FLAME-format model and its companions (masks, 68-point and MediaPipe embeddings).
+
+    ``flame`` and ``assets`` follow :func:`backend.config.resolve_asset`: flag, environment, default.
+    Every problem raises :class:`MicroFaceError` with a one-line message.
+    """
+    path = resolve_asset("flame", flame)
+    d = _load_pickle(path, "head model")
+    missing = [k for k in _REQUIRED if k not in d]
+    if missing:
+        raise MicroFaceError(f"head model {path} is not a FLAME file: missing {', '.join(missing)}")
+    try:
+        v = np.asarray(d["v_template"], np.float64)
+        faces = np.asarray(d["f"], np.int64)
+        sd = np.asarray(d["shapedirs"], np.float64)
+        weights = np.asarray(d["weights"], np.float64)
+        jreg = np.asarray(d["J_regressor"], np.float64)
+        kin = np.asarray(d["kintree_table"]).astype(np.int64)
+    except (TypeError, ValueError) as exc:
+        raise MicroFaceError(f"head model {path} has a malformed array: {exc}") from None
+    n_v = v.shape[0] if v.ndim == 2 else -1
+    n_j = weights.shape[1] if weights.ndim == 2 else -1
+    checks = [
+        (v.ndim == 2 and v.shape[1] == 3, "v_template is not (V, 3)"),
+        (faces.ndim == 2 and faces.shape[1] == 3 and faces.size and faces.min() >= 0 and faces.max() < n_v,
+         "f is not (F, 3) indices into the vertices"),
+        (sd.ndim == 3 and sd.shape[:2] == (n_v, 3), "shapedirs is not (V, 3, K)"),
+        (weights.shape[0] == n_v, "weights rows do not match the vertex count"),
+        (jreg.shape == (n_j, n_v), "J_regressor is not (J, V)"),
+        (kin.shape == (2, n_j), "kintree_table is not (2, J)"),
+        (np.isfinite(v).all() and np.isfinite(sd).all(), "non-finite values in geometry"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise MicroFaceError(f"head model {path} is malformed: {msg}")
+
+    n_cols = sd.shape[2]
+    n_shape = int(d.get("n_shape", min(_DEFAULT_N_SHAPE, n_cols)))
+    shape_offset = int(d.get("shape_offset", 0))
+    expr_offset = int(d.get("expr_offset", _DEFAULT_EXPR_OFFSET))
+    n_expr = int(d.get("n_expr", max(0, min(_DEFAULT_N_EXPR, n_cols - expr_offset))))
+    if n_expr <= 0 or expr_offset + n_expr > n_cols or shape_offset + n_shape > n_cols:
+        raise MicroFaceError(f"head model {path} has {n_cols} blendshape columns, too few for "
+                             f"{n_shape} identity and {n_expr} expression components")
+    names = d.get("expression_names")
+    expr_named = isinstance(names, (list, tuple)) and len(names) == n_expr
+    expression_names = [str(s) for s in names] if expr_named else [f"exp{i:03d}" for i in range(n_expr)]
+
+    parents = kin[0].copy()
+    parents[parents >= n_j] = -1  # root is stored as uint32 max
+    posedirs = None
+    if "posedirs" in d:
+        pd = np.asarray(d["posedirs"], np.float64)
+        if pd.shape == (n_v, 3, 9 * (n_j - 1)) and np.abs(pd).max() > 0:
+            posedirs = pd.reshape(-1, pd.shape[2]).T.astype(np.float32)
+
+    adir = resolve_asset("assets_dir", assets, required=False)
+    masks = _load_pickle(resolve_asset("masks", assets_dir=adir), "region masks")
+    l68 = _load_npz(resolve_asset("lmk68", assets_dir=adir), ("full_lmk_faces_idx", "full_lmk_bary_coords"),
+                    "68-point landmark embedding")
+    lmp = _load_npz(resolve_asset("lmk_mediapipe", assets_dir=adir),
+                    ("lmk_face_idx", "lmk_b_coords", "landmark_indices"), "MediaPipe landmark embedding")
+    try:
+        labels = region_labels(masks, v)
+    except (ValueError, IndexError) as exc:
+        raise MicroFaceError(f"region masks do not fit this head model: {exc}") from None
+
+    joint_names = d.get("joint_names")
+    if not (isinstance(joint_names, (list, tuple)) and len(joint_names) == n_j):
+        joint_names = ["global", "neck", "jaw", "left_eye", "right_eye"][:n_j] if n_j == 5 else \
+            [f"joint{i}" for i in range(n_j)]
+    f32 = np.float32
+    return FlameModel(
+        path=path,
+        model_id=f"{path.name}@sha256:{_sha256(path)[:16]}",
+        v_template=v.astype(f32),
+        faces=faces,
+        shapedirs=sd[:, :, shape_offset:shape_offset + n_shape].astype(f32),
+        exprdirs=sd[:, :, expr_offset:expr_offset + n_expr].astype(f32),
+        posedirs=posedirs,
+        j_regressor=jreg.astype(f32),
+        weights=weights.astype(f32),
+        parents=parents,
+        joint_names=[str(s) for s in joint_names],
+        expression_names=expression_names,
+        expr_named=expr_named,
+        lmk68_faces=l68["full_lmk_faces_idx"].reshape(-1).astype(np.int64),
+        lmk68_bary=l68["full_lmk_bary_coords"].reshape(-1, 3).astype(f32),
+        mp_faces=lmp["lmk_face_idx"].astype(np.int64),
+        mp_bary=lmp["lmk_b_coords"].astype(f32),
+        mp_indices=lmp["landmark_indices"].astype(np.int64),
+        region_labels=labels,
+    )
+
+
+def axis_angle_to_matrix(aa: torch.Tensor) -> torch.Tensor:
+    """Rodrigues: (..., 3) radians -> (..., 3, 3). Smooth at zero."""
+    theta2 = (aa * aa).sum(-1, keepdim=True)
+    theta = torch.sqrt(theta2 + 1e-16)
+    small = theta2 < 1e-8
+    # Taylor terms near zero keep gradients finite.
+    a = torch.where(small, 1 - theta2 / 6, torch.sin(theta) / theta)
+    b = torch.where(small, 0.5 - theta2 / 24, (1 - torch.cos(theta)) / (theta2 + 1e-16))
+    x, y, z = aa.unbind(-1)
+    zero = torch.zeros_like(x)
+    k = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], -1).reshape(*aa.shape[:-1], 3, 3)
+    eye = torch.eye(3, dtype=aa.dtype, device=aa.device).expand_as(k)
+    return eye + a[..., None] * k + b[..., None] * (k @ k)
+
+
+class FlameLayer(torch.nn.Module):
+    """Batched FLAME forward: blendshapes, joint regression, pose correctives and LBS."""
+
+    def __init__(self, model: FlameModel, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.model = model
+        self.parents = [int(p) for p in model.parents]
+        buf = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=device)  # noqa: E731
+        self.register_buffer("v_template", buf(model.v_template))
+        self.register_buffer("shapedirs", buf(model.shapedirs))
+        self.register_buffer("exprdirs", buf(model.exprdirs))
+        self.register_buffer("j_regressor", buf(model.j_regressor))
+        self.register_buffer("weights", buf(model.weights))
+        self.register_buffer("faces", torch.as_tensor(model.faces, device=device))
+        self.register_buffer("posedirs", buf(model.posedirs) if model.posedirs is not None else None)
+        self.register_buffer("lmk68_faces", torch.as_tensor(model.lmk68_faces, device=device))
+        self.register_buffer("lmk68_bary", buf(model.lmk68_bary))
+        self.register_buffer("mp_faces", torch.as_tensor(model.mp_faces, device=device))
+        self.register_buffer("mp_bary", buf(model.mp_bary))
+
+    @property
+    def n_joints(self) -> int:
+        return len(self.parents)
+
+    def shaped(self, shape: torch.Tensor, expr: torch.Tensor) -> torch.Tensor:
+        """Rest-pose vertices: template + identity + expression. (B, V, 3) metres."""
+        return (self.v_template
+                + torch.einsum("vck,bk->bvc", self.shapedirs, shape)
+                + torch.einsum("vck,bk->bvc", self.exprdirs, expr))
+
+    def forward(self, shape: torch.Tensor, expr: torch.Tensor, pose: torch.Tensor,
+                trans: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posed vertices and joints.
+
+        shape (B, n_shape) or (n_shape,) broadcast over B; expr (B, n_expr); pose (B, 3*J) axis-angle;
+        trans (B, 3) metres added last. Returns vertices (B, V, 3) and joints (B, J, 3), metres.
+        """
+        b = expr.shape[0]
+        if shape.dim() == 1:
+            shape = shape.expand(b, -1)
+        v_shaped = self.shaped(shape, expr)
+        joints = torch.einsum("jv,bvc->bjc", self.j_regressor, v_shaped)
+        rot = axis_angle_to_matrix(pose.reshape(b, self.n_joints, 3))
+        v_posed = v_shaped
+        if self.posedirs is not None:
+            eye = torch.eye(3, dtype=rot.dtype, device=rot.device)
+            feat = (rot[:, 1:] - eye).reshape(b, -1)
+            v_posed = v_shaped + (feat @ self.posedirs).reshape(b, -1, 3)
+
+        # World transform of each joint along the kinematic chain.
+        rel = joints.clone()
+        rel[:, 1:] = joints[:, 1:] - joints[:, self.parents[1:]]
+        chain_r, chain_t = [rot[:, 0]], [rel[:, 0]]
+        for j in range(1, self.n_joints):
+            p = self.parents[j]
+            chain_r.append(chain_r[p] @ rot[:, j])
+            chain_t.append(chain_t[p] + (chain_r[p] @ rel[:, j, :, None])[..., 0])
+        world_r = torch.stack(chain_r, 1)                     # (B, J, 3, 3)
+        world_t = torch.stack(chain_t, 1)                     # (B, J, 3)
+        # Skinning transform maps rest-pose points: x -> R x + (t - R j_rest).
+        offs = world_t - (world_r @ joints[..., None])[..., 0]
+        r_v = torch.einsum("vj,bjxy->bvxy", self.weights, world_r)
+        t_v = torch.einsum("vj,bjx->bvx", self.weights, offs)
+        verts = (r_v @ v_posed[..., None])[..., 0] + t_v
+        if trans is not None:
+            verts = verts + trans[:, None]
+            world_t = world_t + trans[:, None]
+        return verts, world_t
+
+    def _embed(self, verts: torch.Tensor, faces_idx: torch.Tensor, bary: torch.Tensor) -> torch.Tensor:
+        tri = verts[:, self.faces[faces_idx]]                 # (B, K, 3, 3)
+        return (tri * bary[None, :, :, None]).sum(2)
+
+    def landmarks68(self, verts: torch.Tensor) -> torch.Tensor:
+        """(B, V, 3) -> (B, 68, 3) points on the surface, iBUG-68 order."""
+        return self._embed(verts, self.lmk68_faces, self.lmk68_bary)
+
+    def landmarks_mp(self, verts: torch.Tensor) -> torch.Tensor:
+        """(B, V, 3) -> (B, K, 3) surface points matching MediaPipe points ``model.mp_indices``."""
+        return self._embed(verts, self.mp_faces, self.mp_bary)
