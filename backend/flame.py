@@ -215,7 +215,6 @@ class FlameLayer(torch.nn.Module):
         self.register_buffer("v_template", buf(model.v_template))
         self.register_buffer("shapedirs", buf(model.shapedirs))
         self.register_buffer("exprdirs", buf(model.exprdirs))
-        self.register_buffer("j_regressor", buf(model.j_regressor))
         self.register_buffer("weights", buf(model.weights))
         self.register_buffer("faces", torch.as_tensor(model.faces, device=device))
         self.register_buffer("posedirs", buf(model.posedirs) if model.posedirs is not None else None)
@@ -223,35 +222,51 @@ class FlameLayer(torch.nn.Module):
         self.register_buffer("lmk68_bary", buf(model.lmk68_bary))
         self.register_buffer("mp_faces", torch.as_tensor(model.mp_faces, device=device))
         self.register_buffer("mp_bary", buf(model.mp_bary))
+        # Joints are linear in shape and expression: regress the bases once.
+        jreg = model.j_regressor.astype(np.float64)
+        self.register_buffer("j_template", buf(jreg @ model.v_template))
+        self.register_buffer("j_shapedirs", buf(np.einsum("jv,vck->jck", jreg, model.shapedirs)))
+        self.register_buffer("j_exprdirs", buf(np.einsum("jv,vck->jck", jreg, model.exprdirs)))
 
     @property
     def n_joints(self) -> int:
         return len(self.parents)
 
-    def shaped(self, shape: torch.Tensor, expr: torch.Tensor) -> torch.Tensor:
-        """Rest-pose vertices: template + identity + expression. (B, V, 3) metres."""
-        return (self.v_template
-                + torch.einsum("vck,bk->bvc", self.shapedirs, shape)
-                + torch.einsum("vck,bk->bvc", self.exprdirs, expr))
+    def shaped(self, shape: torch.Tensor, expr: torch.Tensor, vertex_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Rest-pose vertices: template + identity + expression. (B, V or len(vertex_ids), 3) metres."""
+        t, sd, ed = self.v_template, self.shapedirs, self.exprdirs
+        if vertex_ids is not None:
+            t, sd, ed = t[vertex_ids], sd[vertex_ids], ed[vertex_ids]
+        return t + torch.einsum("vck,bk->bvc", sd, shape) + torch.einsum("vck,bk->bvc", ed, expr)
+
+    def rest_joints(self, shape: torch.Tensor, expr: torch.Tensor) -> torch.Tensor:
+        """Joint positions before posing, (B, J, 3) metres; exact, from bases regressed once."""
+        return (self.j_template + torch.einsum("jck,bk->bjc", self.j_shapedirs, shape)
+                + torch.einsum("jck,bk->bjc", self.j_exprdirs, expr))
 
     def forward(self, shape: torch.Tensor, expr: torch.Tensor, pose: torch.Tensor,
-                trans: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                trans: torch.Tensor | None = None,
+                vertex_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Posed vertices and joints.
 
         shape (B, n_shape) or (n_shape,) broadcast over B; expr (B, n_expr); pose (B, 3*J) axis-angle;
-        trans (B, 3) metres added last. Returns vertices (B, V, 3) and joints (B, J, 3), metres.
+        trans (B, 3) metres added last; vertex_ids (K,) evaluates only those vertices (exactly).
+        Returns vertices (B, V or K, 3) and joints (B, J, 3), metres.
         """
         b = expr.shape[0]
         if shape.dim() == 1:
             shape = shape.expand(b, -1)
-        v_shaped = self.shaped(shape, expr)
-        joints = torch.einsum("jv,bvc->bjc", self.j_regressor, v_shaped)
+        v_shaped = self.shaped(shape, expr, vertex_ids)
+        joints = self.rest_joints(shape, expr)
         rot = axis_angle_to_matrix(pose.reshape(b, self.n_joints, 3))
         v_posed = v_shaped
         if self.posedirs is not None:
             eye = torch.eye(3, dtype=rot.dtype, device=rot.device)
             feat = (rot[:, 1:] - eye).reshape(b, -1)
-            v_posed = v_shaped + (feat @ self.posedirs).reshape(b, -1, 3)
+            pd = self.posedirs.reshape(feat.shape[1], -1, 3)
+            if vertex_ids is not None:
+                pd = pd[:, vertex_ids]
+            v_posed = v_shaped + torch.einsum("bp,pvc->bvc", feat, pd)
 
         # World transform of each joint along the kinematic chain.
         rel = joints.clone()
@@ -265,8 +280,9 @@ class FlameLayer(torch.nn.Module):
         world_t = torch.stack(chain_t, 1)                     # (B, J, 3)
         # Skinning transform maps rest-pose points: x -> R x + (t - R j_rest).
         offs = world_t - (world_r @ joints[..., None])[..., 0]
-        r_v = torch.einsum("vj,bjxy->bvxy", self.weights, world_r)
-        t_v = torch.einsum("vj,bjx->bvx", self.weights, offs)
+        w = self.weights if vertex_ids is None else self.weights[vertex_ids]
+        r_v = torch.einsum("vj,bjxy->bvxy", w, world_r)
+        t_v = torch.einsum("vj,bjx->bvx", w, offs)
         verts = (r_v @ v_posed[..., None])[..., 0] + t_v
         if trans is not None:
             verts = verts + trans[:, None]
