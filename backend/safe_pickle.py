@@ -4,6 +4,8 @@ FLAME pickles (2020, 2023, 2023 Open, and the ICT stand-in) hold only numpy arra
 matrices and, in the 2020 release, chumpy ``Ch`` arrays. This loader resolves exactly those
 globals. Sparse matrices and chumpy arrays are never constructed: their pickled state is captured
 in inert records and converted to numpy, so neither scipy nor chumpy code runs on file content.
+``_codecs.encode`` is resolved to a latin-1-only stand-in: Python 3 pickles of protocol < 3
+store array bytes that way.
 Any other global (``os.system``, ``builtins.eval``, ...) raises :class:`UnsafePickleError`.
 """
 from __future__ import annotations
@@ -21,6 +23,10 @@ class UnsafePickleError(ValueError):
 
 class _Record:
     """Inert stand-in for a class whose state we read but whose code we never run."""
+
+    # Class defaults: NEWOBJ creates instances without calling __init__, and BUILD may be absent.
+    args: tuple = ()
+    state: Any = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.args = args
@@ -57,6 +63,13 @@ def _reconstructor(cls: type, base: type, state: Any) -> Any:
     return cls()
 
 
+def _codecs_encode(text: Any, encoding: str = "utf-8") -> bytes:
+    # Python 3 pickles of protocol < 3 store bytes (e.g. array buffers) as _codecs.encode(str, "latin1").
+    if not isinstance(text, str) or encoding.replace("_", "-").lower() not in ("latin1", "latin-1"):
+        raise UnsafePickleError("_codecs.encode is allowed only for latin-1 text")
+    return text.encode("latin-1")
+
+
 def _numpy_globals() -> dict[tuple[str, str], Any]:
     from numpy.core import multiarray  # numpy<2 here; numpy 2 pickles say numpy._core
 
@@ -80,6 +93,7 @@ _SPARSE = {
 _CHUMPY = {("chumpy.ch", "Ch"), ("chumpy", "Ch")}
 _REDUCERS = {("copy_reg", "_reconstructor"), ("copyreg", "_reconstructor")}
 _BUILTINS = {("__builtin__", "object"), ("builtins", "object")}
+_CODECS = {("_codecs", "encode")}
 
 
 class SafeUnpickler(pickle.Unpickler):
@@ -99,6 +113,8 @@ class SafeUnpickler(pickle.Unpickler):
             return _reconstructor
         if key in _BUILTINS:
             return object
+        if key in _CODECS:
+            return _codecs_encode
         raise UnsafePickleError(f"refused to load '{module}.{name}': a head-model file holds only arrays")
 
 
@@ -111,15 +127,18 @@ def _sparse_to_dense(rec: _SparseRecord) -> np.ndarray:
     shape = tuple(int(s) for s in shape)
     data = np.asarray(data, dtype=np.float64)
     out = np.zeros(shape, dtype=np.float64)
+    # np.add.at, not assignment: non-canonical matrices may repeat an entry, which means a sum.
     if rec.fmt == "coo":
-        np.add.at(out, (np.asarray(st["row"]), np.asarray(st["col"])), data)
+        # scipy >= 1.13 pickles ``coords`` (row, col); older versions ``row`` and ``col``.
+        row, col = st["coords"] if "coords" in st else (st["row"], st["col"])
+        np.add.at(out, (np.asarray(row), np.asarray(col)), data)
         return out
     indices, indptr = np.asarray(st["indices"]), np.asarray(st["indptr"])
     major = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
     if rec.fmt == "csc":
-        out[indices, major] = data
+        np.add.at(out, (indices, major), data)
     else:
-        out[major, indices] = data
+        np.add.at(out, (major, indices), data)
     return out
 
 
@@ -157,4 +176,9 @@ def load(path_or_bytes: str | bytes | "os.PathLike[str]") -> Any:
             raise
         except Exception as exc:  # truncated, not a pickle, wrong protocol...
             raise ValueError(f"not a readable pickle ({type(exc).__name__}: {exc})") from None
-    return _convert(obj)
+    try:
+        return _convert(obj)
+    except UnsafePickleError:
+        raise
+    except Exception as exc:  # sparse record with missing keys, out-of-range indices...
+        raise ValueError(f"malformed array in pickle ({type(exc).__name__}: {exc})") from None

@@ -1,0 +1,88 @@
+"""Command line: ``python -m backend reconstruct VIDEO -o OUT.npz [options]``.
+
+Progress goes to stdout as JSON lines, one object per line:
+  {"event": "stage", "stage": "landmarks", "done": 40, "total": 72}
+  {"event": "done", "output": "/abs/out.npz", "frames": 72, "seconds": 21.4, "warnings": [...]}
+  {"event": "error", "message": "..."}
+Errors also print one line ``error: ...`` on stderr and exit non-zero (2: bad input or setup,
+1: internal error). No traceback unless ``--debug``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+
+from .errors import MicroFaceError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m backend", description="MicroFace backend")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("reconstruct", help="reconstruct a clip into a result file (.npz)")
+    r.add_argument("video", help="input video file")
+    r.add_argument("-o", "--output", required=True, help="result file to write (.npz)")
+    r.add_argument("--start", type=int, help="first source frame (onset), inclusive")
+    r.add_argument("--end", type=int, help="last source frame (offset), inclusive")
+    r.add_argument("--fps", type=float, help="override the container's frame rate")
+    r.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
+    r.add_argument("--flame", help="FLAME .pkl (else $MICROFACE_FLAME, else the development default)")
+    r.add_argument("--assets", help="folder with FLAME_masks.pkl and the landmark embeddings (else $MICROFACE_ASSETS)")
+    r.add_argument("--face-index", type=int, help="which face when several are visible: 0 = largest (default)")
+    r.add_argument("--flow", choices=("tvl1", "dis"), default="tvl1", help="optical flow: TV-L1 (paper) or DIS (fast)")
+    r.add_argument("--iters", type=int, help="fit iterations")
+    r.add_argument("--focal", type=float, help="camera focal length in source pixels (default: max(width, height))")
+    r.add_argument("--quiet", action="store_true", help="no progress lines, only the final one")
+    r.add_argument("--debug", action="store_true", help="show tracebacks for internal errors")
+    return p
+
+
+def _emit(obj: dict) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def _fail(message: str, code: int) -> int:
+    _emit({"event": "error", "message": message})
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        from .config import ReconstructConfig
+        from .pipeline import reconstruct
+
+        cfg = ReconstructConfig(device=args.device, flame=args.flame, assets=args.assets)
+        cfg.video.start, cfg.video.end, cfg.video.fps = args.start, args.end, args.fps
+        cfg.landmarks.face_index = args.face_index
+        cfg.flow.method = args.flow
+        if args.iters:
+            cfg.fit.iters = args.iters
+        cfg.fit.focal = args.focal
+        last = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            # Throttle to about 10 lines per stage.
+            step = max(1, total // 10)
+            if not args.quiet and (done == total or done - last.get(stage, -step) >= step):
+                last[stage] = done
+                _emit({"event": "stage", "stage": stage, "done": done, "total": total})
+
+        t0 = time.perf_counter()
+        out, result = reconstruct(args.video, args.output, cfg, progress)
+        _emit({"event": "done", "output": str(out), "frames": int(result.n_frames),
+               "seconds": round(time.perf_counter() - t0, 2), "warnings": result.meta.get("warnings", [])})
+        return 0
+    except MicroFaceError as exc:
+        return _fail(str(exc), exc.code)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+    except Exception as exc:  # a bug, not bad input: still one line for the user
+        if args.debug:
+            traceback.print_exc()
+        msg = " ".join(f"internal error: {type(exc).__name__}: {exc}".split())
+        return _fail(msg + " (rerun with --debug for details)", 1)

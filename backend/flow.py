@@ -1,0 +1,106 @@
+"""Optical flow between consecutive aligned crops, and the paper's per-region flow intensity and
+attention (Eq. 18-20).
+
+TV-L1 (the paper's choice) is OpenCV's DualTVL1 from opencv-contrib; DIS is a fast preview. Flow
+pairs are independent, so they are spread over a small thread pool (OpenCV releases the GIL).
+"""
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import cv2
+import numpy as np
+
+from .config import FlowConfig
+from .errors import MicroFaceError
+from .video import Progress
+
+METHODS = ("tvl1", "dis")
+
+
+def _make_solver(cfg: FlowConfig):
+    if cfg.method == "dis":
+        return cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    return cv2.optflow.DualTVL1OpticalFlow_create(
+        tau=cfg.tau, lambda_=cfg.lambda_, theta=cfg.theta, nscales=cfg.nscales, warps=cfg.warps,
+        epsilon=cfg.epsilon)
+
+
+def tvl1_flow(crops: np.ndarray, cfg: FlowConfig | None = None, progress: Progress | None = None) -> np.ndarray:
+    """Dense flow from crop t to crop t+1: (T, S, S, 3) uint8 RGB -> (T-1, S, S, 2) float32 crop pixels.
+
+    ``flow[t, y, x]`` is where the pixel (x, y) of crop t moved to in crop t+1, minus (x, y):
+    crop_t(p) ~ crop_t+1(p + flow). Uses TV-L1 with ``cfg``'s parameters, or DIS (medium preset) when
+    ``cfg.method == "dis"``. ``progress("flow", done, total)`` is called about every 10 pairs.
+    """
+    cfg = cfg or FlowConfig()
+    if cfg.method not in METHODS:
+        raise MicroFaceError(f"unknown flow method {cfg.method!r}; use one of {', '.join(METHODS)}")
+    crops = np.asarray(crops)
+    if crops.ndim != 4 or crops.shape[-1] != 3 or crops.dtype != np.uint8:
+        raise MicroFaceError(f"flow needs (T, S, S, 3) uint8 crops, got {crops.shape} {crops.dtype}")
+    n_pairs = len(crops) - 1
+    if n_pairs < 1:
+        raise MicroFaceError("optical flow needs at least 2 frames")
+    gray = [cv2.cvtColor(c, cv2.COLOR_RGB2GRAY) for c in crops]
+    local = threading.local()
+
+    def pair(t: int) -> np.ndarray:
+        if not hasattr(local, "solver"):
+            local.solver = _make_solver(cfg)   # solvers keep state: one per thread
+        return local.solver.calc(gray[t], gray[t + 1], None)
+
+    out = np.empty((n_pairs,) + crops.shape[1:3] + (2,), np.float32)
+    workers = cfg.workers if cfg.workers > 0 else max(1, cv2.getNumberOfCPUs())
+    workers = min(workers, n_pairs)
+    if workers == 1:
+        results = map(pair, range(n_pairs))
+        pool = None
+    else:
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="flow")
+        results = pool.map(pair, range(n_pairs))
+    try:
+        for t, flow in enumerate(results):
+            out[t] = flow
+            if progress is not None and ((t + 1) % 10 == 0 or t + 1 == n_pairs):
+                progress("flow", t + 1, n_pairs)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+    return out
+
+
+def region_flow_intensity(flow: np.ndarray, centroids: np.ndarray, patch: int = 5) -> np.ndarray:
+    """Eq. 18: mean flow magnitude in a ``patch`` x ``patch`` pixel square around each region centroid.
+
+    flow (T-1, S, S, 2) crop pixels; centroids (T-1, R, 2) crop pixels (x, y), rounded to the nearest
+    pixel and clipped so the square lies inside the crop. Returns (T-1, R) float32 crop pixels.
+    """
+    flow = np.asarray(flow, np.float32)
+    centroids = np.asarray(centroids, np.float64)
+    if centroids.shape[0] != flow.shape[0] or centroids.shape[-1] != 2:
+        raise ValueError(f"centroids {centroids.shape} do not match flow {flow.shape}: need (T-1, R, 2)")
+    if not np.isfinite(centroids).all():
+        raise ValueError("region centroids contain NaN or infinity")
+    h, w = flow.shape[1:3]
+    half = patch // 2
+    if patch < 1 or patch > min(h, w):
+        raise ValueError(f"patch {patch} does not fit a {w}x{h} flow field")
+    mag = np.linalg.norm(flow, axis=-1)                                     # (T-1, H, W)
+    cx = np.clip(np.rint(centroids[..., 0]), half, w - 1 - (patch - 1 - half)).astype(np.int64)
+    cy = np.clip(np.rint(centroids[..., 1]), half, h - 1 - (patch - 1 - half)).astype(np.int64)
+    offsets = np.arange(patch) - half
+    ys = cy[..., None, None] + offsets[:, None]                             # (T-1, R, p, 1)
+    xs = cx[..., None, None] + offsets[None, :]                             # (T-1, R, 1, p)
+    t = np.arange(len(mag))[:, None, None, None]
+    return mag[t, ys, xs].mean(axis=(-2, -1)).astype(np.float32)
+
+
+def attention_weights(intensity: np.ndarray) -> np.ndarray:
+    """Eq. 19-20: per-frame adaptive threshold tau = mean + 0.5 * std over regions (population std),
+    and weight sigmoid((I - tau) / (tau + 1e-4)). (T-1, R) -> (T-1, R) float32 in (0, 1)."""
+    i = np.asarray(intensity, np.float64)
+    tau = i.mean(axis=-1, keepdims=True) + 0.5 * i.std(axis=-1, keepdims=True)
+    z = (i - tau) / (tau + 1e-4)
+    return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)

@@ -1,0 +1,168 @@
+"""The reconstruction pipeline, stage by stage: video -> landmarks -> alignment -> flow -> fit -> file.
+
+Each stage lives in its own module; this one only orders them, times them and assembles the
+result file. Bad input fails early (output path and head model are checked before the video is
+decoded) with a :class:`MicroFaceError`.
+"""
+from __future__ import annotations
+
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import __version__
+from .config import ReconstructConfig, pick_device
+from .errors import MicroFaceError
+
+Progress = Callable[[str, int, int], None]
+
+
+def _check_output(path: str | os.PathLike) -> Path:
+    out = Path(path).expanduser().absolute()
+    if out.is_dir():
+        raise MicroFaceError(f"output {out} is a directory; give a file name such as {out / 'result.npz'}")
+    parent = out.parent
+    if not parent.is_dir():
+        raise MicroFaceError(f"cannot write {out}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise MicroFaceError(f"cannot write {out}: folder {parent} is not writable")
+    if out.suffix != ".npz":
+        raise MicroFaceError(f"output {out} must end in .npz")
+    return out
+
+
+def _runs(mask: np.ndarray, frame_indices: np.ndarray) -> str:
+    """'3-7, 12' style list of source frames where ``mask`` is true."""
+    idx = np.flatnonzero(mask)
+    parts, start = [], None
+    for i, k in enumerate(idx):
+        if start is None:
+            start = k
+        if i == len(idx) - 1 or idx[i + 1] != k + 1:
+            a, b = int(frame_indices[start]), int(frame_indices[k])
+            parts.append(f"{a}" if a == b else f"{a}-{b}")
+            start = None
+    return ", ".join(parts)
+
+
+def region_centroids_px(vertices: np.ndarray, labels: np.ndarray, n_regions: int,
+                        intrinsics: np.ndarray) -> np.ndarray:
+    """Eq. 12: each region's projected centroid. vertices (T, V, 3) m -> (T, R, 2) pixels."""
+    from .camera import project_np
+
+    out = np.zeros((vertices.shape[0], n_regions, 2), np.float64)
+    for r in range(n_regions):
+        sel = labels == r
+        out[:, r] = project_np(vertices[:, sel].astype(np.float64), intrinsics).mean(1)
+    return out
+
+
+def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: ReconstructConfig | None = None,
+                progress: Progress | None = None):
+    """Run every stage on ``video`` and write the result file atomically to ``output``.
+
+    Returns (absolute output path, :class:`backend.result.Result`).
+    """
+    cfg = cfg or ReconstructConfig()
+    progress = progress or (lambda stage, done, total: None)
+    timings: dict[str, float] = {}
+    out = _check_output(output)
+    device = pick_device(cfg.device)
+
+    def timed(name: str, fn, *a, **kw):
+        t = time.perf_counter()
+        value = fn(*a, **kw)
+        timings[name] = round(time.perf_counter() - t, 3)
+        return value
+
+    from .flame import load_flame
+
+    model = timed("load_model", load_flame, cfg.flame, cfg.assets)
+
+    from .video import read_clip
+
+    clip = timed("decode", read_clip, video, cfg.video, progress)
+
+    from .landmarks import detect_landmarks
+
+    lms = timed("landmarks", detect_landmarks, clip, cfg.landmarks, progress)
+
+    from .align import align_faces
+
+    alignment = timed("align", align_faces, clip, lms, cfg.align)
+
+    from .flow import attention_weights, region_flow_intensity, tvl1_flow
+
+    flow = timed("flow", tvl1_flow, alignment.crops, cfg.flow, progress)
+
+    from .fit import fit_sequence
+
+    fit = timed("fit", fit_sequence, model, lms.mp[..., :2], lms.valid, (clip.width, clip.height), clip.fps,
+                cfg.fit, anchor=0, lmk68=lms.lmk68, device=device, progress=progress)
+
+    # Per-region flow (Eq. 18) at each region's projected centroid (Eq. 12), in crop pixels.
+    from .align import to_crop
+
+    cent = region_centroids_px(fit.vertices, model.region_labels, len(model.region_names), fit.intrinsics)
+    cent_crop = to_crop(cent, alignment.transforms)
+    t_count = clip.frames.shape[0]
+    region_flow = np.zeros((t_count, len(model.region_names)), np.float32)
+    attention = np.zeros_like(region_flow)
+    region_flow[1:] = region_flow_intensity(flow, cent_crop[:-1])
+    attention[1:] = attention_weights(region_flow[1:])
+
+    warnings = []
+    if lms.interpolated.any():
+        warnings.append(f"no usable face in source frames {_runs(lms.interpolated, clip.frame_indices)}: "
+                        "landmarks there are interpolated and the fit is carried by its temporal prior")
+    lmk68 = lms.lmk68 if lms.lmk68 is not None else fit.landmarks_68
+
+    # Everything below is in source-video pixels: undo any decode downscale.
+    inv = 1.0 / clip.scale
+    intr = fit.intrinsics.astype(np.float64).copy()
+    intr *= inv
+    src_w, src_h = int(round(clip.width * inv)), int(round(clip.height * inv))
+    align_src = alignment.transforms.astype(np.float64).copy()
+    align_src[:, :, :2] *= clip.scale  # crop = A (clip px) = A (scale * source px)
+
+    from .result import Result, ResultError, write_result
+
+    src = Path(video)
+    meta = {
+        "backend_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "source": {"path": str(src.absolute()), "name": src.name, "size_bytes": src.stat().st_size},
+        "fps": float(clip.fps),
+        "frame_range": [int(clip.frame_indices[0]), int(clip.frame_indices[-1])],
+        "head_model": {"id": model.model_id, "path": str(model.path), "n_shape": model.n_shape,
+                       "n_expr": model.n_expr, "n_joints": model.n_joints},
+        "expression_names": model.expression_names,
+        "joint_names": model.joint_names,
+        "region_names": list(model.region_names),
+        "landmarks_68_source": lms.lmk68_source,
+        "device": device,
+        "timings": timings,
+        "warnings": warnings,
+        "refined": False,
+        "units": {"length": "m", "angles": "rad axis-angle", "pixels": "source"},
+    }
+    result = Result(
+        vertices=fit.vertices, vertices_init=fit.vertices, faces=model.faces.astype(np.int32),
+        shape=fit.shape.astype(np.float32), expr=fit.expr.astype(np.float32), pose=fit.pose.astype(np.float32),
+        trans=fit.trans.astype(np.float32), intrinsics=intr.astype(np.float32),
+        image_size=np.array([src_w, src_h], np.int32), frame_indices=clip.frame_indices.astype(np.int64),
+        region_flow=region_flow, attention=attention,
+        landmarks_mp=(lms.mp[..., :2] * inv).astype(np.float32), landmarks_68=(lmk68 * inv).astype(np.float32),
+        valid=lms.valid.astype(bool), interpolated=lms.interpolated.astype(bool),
+        align_transforms=align_src.astype(np.float32), fit_error_px=(fit.reproj_px * inv).astype(np.float32),
+        meta=meta,
+    )
+    try:
+        timed("write", write_result, out, result)
+    except ResultError as exc:
+        raise MicroFaceError(str(exc)) from None
+    return out, result

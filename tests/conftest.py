@@ -1,0 +1,30 @@
+"""Shared fixtures: paths to the real clips and assets beside the repo, and small video writers."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+VIDEOS = SHARED / "videos"
+
+
+def shared_video(name: str) -> Path:
+    path = VIDEOS / name
+    if not path.exists():
+        pytest.skip(f"real clip {path} is not present (it lives in ../shared/videos beside the repo)")
+    return path
+
+
+def write_video(path: Path, frames: np.ndarray, fps: float = 30.0) -> Path:
+    """Write (T, H, W, 3) uint8 RGB frames to an mp4 with OpenCV. Returns ``path``."""
+    import cv2
+
+    h, w = frames.shape[1:3]
+    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    assert vw.isOpened(), "OpenCV cannot write mp4 here"
+    for f in frames:
+        vw.write(np.ascontiguousarray(f[..., ::-1]))
+    vw.release()
+    return path

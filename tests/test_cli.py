@@ -1,0 +1,103 @@
+"""Bad input through the command line: one line naming the problem, non-zero exit, no output file."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from backend.cli import main
+from conftest import shared_video, write_video
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/microface_cli_pwned",))
+
+
+def _run(capsys, argv):
+    code = main(argv)
+    out, err = capsys.readouterr()
+    events = [json.loads(line) for line in out.splitlines() if line.strip()]
+    return code, events, err
+
+
+def _assert_clean_failure(code, events, err, out_path: Path, *words: str):
+    assert code != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    assert events[-1]["event"] == "error"
+    for w in words:
+        assert w.lower() in lines[0].lower(), lines[0]
+    assert not out_path.exists()
+    assert not [p for p in out_path.parent.iterdir() if p.name.startswith(out_path.stem)], "stray temp file"
+
+
+def test_missing_video(capsys, tmp_path):
+    out = tmp_path / "r.npz"
+    _assert_clean_failure(*_run(capsys, ["reconstruct", str(tmp_path / "nope.mp4"), "-o", str(out)]), out, "nope.mp4")
+
+
+def test_not_a_video(capsys, tmp_path):
+    bad = tmp_path / "notes.mp4"
+    bad.write_text("this is not a video\n" * 100)
+    out = tmp_path / "r.npz"
+    _assert_clean_failure(*_run(capsys, ["reconstruct", str(bad), "-o", str(out)]), out, "video")
+
+
+def test_one_frame_clip(capsys, tmp_path):
+    clip = write_video(tmp_path / "one.mp4", np.full((1, 64, 64, 3), 128, np.uint8))
+    out = tmp_path / "r.npz"
+    _assert_clean_failure(*_run(capsys, ["reconstruct", str(clip), "-o", str(out)]), out, "frame")
+
+
+def test_no_face(capsys, tmp_path):
+    rng = np.random.default_rng(0)
+    clip = write_video(tmp_path / "noise.mp4", rng.integers(0, 255, (8, 96, 128, 3), dtype=np.uint8))
+    out = tmp_path / "r.npz"
+    _assert_clean_failure(*_run(capsys, ["reconstruct", str(clip), "-o", str(out)]), out, "no face")
+
+
+def test_unwritable_output(capsys, tmp_path):
+    video = shared_video("single_face.mp4")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    out = blocker / "r.npz"  # a folder that is a file: unwritable even for root
+    code, events, err = _run(capsys, ["reconstruct", str(video), "-o", str(out)])
+    assert code != 0 and err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert "a_file" in err
+    assert events[-1]["event"] == "error"
+
+
+@pytest.mark.parametrize("kind", ["malicious", "corrupt"])
+def test_bad_head_model(capsys, tmp_path, kind):
+    video = shared_video("single_face.mp4")
+    model = tmp_path / "evil.pkl"
+    if kind == "malicious":
+        model.write_bytes(pickle.dumps({"v_template": _Evil()}))
+    else:
+        model.write_bytes(b"\x80\x04\x95garbage" * 10)
+    marker = Path("/tmp/microface_cli_pwned")
+    marker.unlink(missing_ok=True)
+    out = tmp_path / "r.npz"
+    code, events, err = _run(capsys, ["reconstruct", str(video), "-o", str(out), "--flame", str(model)])
+    _assert_clean_failure(code, events, err, out, "evil.pkl", "refused" if kind == "malicious" else "corrupt")
+    assert not marker.exists()
+
+
+def test_module_entry_point_reports_json(tmp_path):
+    """`python -m backend` is the command the Blender add-on runs: exit code and JSON lines."""
+    out = tmp_path / "r.npz"
+    proc = subprocess.run([sys.executable, "-m", "backend", "reconstruct", str(tmp_path / "missing.mp4"), "-o", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["event"] == "error"
+    assert proc.stderr.strip().count("\n") == 0
