@@ -90,11 +90,10 @@ def _pnp_init(model_pts: np.ndarray, obs: np.ndarray, valid: np.ndarray, intr: n
 def _eye_pupils(model: FlameModel) -> dict[int, int]:
     """Eye joint index -> the eyeball vertex at the front of the pupil (largest z)."""
     out = {}
-    for j, name in enumerate(model.joint_names):
-        if "eye" in name:
-            ball = np.flatnonzero(model.weights[:, j] > 0.5)
-            if len(ball):
-                out[j] = int(ball[np.argmax(model.v_template[ball, 2])])
+    for j in model.eye_joints():
+        ball = np.flatnonzero(model.eyeball_mask(j))
+        if len(ball):
+            out[j] = int(ball[np.argmax(model.v_template[ball, 2])])
     return out
 
 

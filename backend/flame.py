@@ -60,6 +60,17 @@ class FlameModel:
     def n_joints(self) -> int:
         return len(self.parents)
 
+    def eye_joints(self) -> list[int]:
+        """Indices of the eye joints (FLAME: left_eye, right_eye)."""
+        return [j for j, n in enumerate(self.joint_names) if "eye" in n.lower()]
+
+    def eyeball_mask(self, joint: int | None = None) -> np.ndarray:
+        """(V,) bool: vertices skinned mostly to one eye joint, or to either when ``joint`` is None."""
+        joints = self.eye_joints() if joint is None else [joint]
+        if not joints:
+            return np.zeros(len(self.weights), bool)
+        return self.weights[:, joints].sum(1) > 0.5
+
     def region_vertices(self, name: str) -> np.ndarray:
         return np.flatnonzero(self.region_labels == self.region_names.index(name))
 

@@ -11,6 +11,7 @@ Any other global (``os.system``, ``builtins.eval``, ...) raises :class:`UnsafePi
 from __future__ import annotations
 
 import io
+import os
 import pickle
 from typing import Any
 
