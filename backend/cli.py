@@ -1,4 +1,5 @@
-"""Command line: ``python -m backend reconstruct VIDEO -o OUT.npz [options]``.
+"""Command line: ``python -m backend reconstruct VIDEO -o OUT.npz [options]``, and
+``python -m backend overlay OUT.npz VIDEO -o DIR`` to check a result by eye.
 
 Progress goes to stdout as JSON lines, one object per line:
   {"event": "stage", "stage": "landmarks", "done": 40, "total": 72}
@@ -36,6 +37,12 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--focal", type=float, help="camera focal length in source pixels (default: max(width, height))")
     r.add_argument("--quiet", action="store_true", help="no progress lines, only the final one")
     r.add_argument("--debug", action="store_true", help="show tracebacks for internal errors")
+    o = sub.add_parser("overlay", help="draw a result's meshes over its source frames, as PNGs")
+    o.add_argument("result", help="result file (.npz)")
+    o.add_argument("video", help="the video the result was made from")
+    o.add_argument("-o", "--output", required=True, help="folder for the PNGs")
+    o.add_argument("--frames", type=int, nargs="*", help="source frame numbers (default: first, middle, last)")
+    o.add_argument("--debug", action="store_true", help="show tracebacks for internal errors")
     return p
 
 
@@ -53,6 +60,12 @@ def _fail(message: str, code: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "overlay":
+            from .overlay import overlay_frames
+
+            paths = overlay_frames(args.result, args.video, args.output, args.frames)
+            _emit({"event": "done", "output": [str(p) for p in paths]})
+            return 0
         from .config import ReconstructConfig
         from .pipeline import reconstruct
 

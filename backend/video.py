@@ -40,15 +40,15 @@ class Clip:
         return int(round(self.width / self.scale)), int(round(self.height / self.scale))
 
 
-def _check_range(cfg: VideoConfig) -> tuple[int, int | None]:
+def _check_range(cfg: VideoConfig, min_frames: int) -> tuple[int, int | None]:
     start = 0 if cfg.start is None else int(cfg.start)
     end = None if cfg.end is None else int(cfg.end)
     if start < 0:
         raise MicroFaceError(f"start frame {start} is negative; frames are numbered from 0")
     if end is not None and end < start:
         raise MicroFaceError(f"frame range {start}..{end} is empty: end is before start")
-    if end is not None and end - start + 1 < MIN_FRAMES:
-        raise MicroFaceError(f"frame range {start}..{end} has one frame; at least {MIN_FRAMES} are needed "
+    if end is not None and end - start + 1 < min_frames:
+        raise MicroFaceError(f"frame range {start}..{end} has one frame; at least {min_frames} are needed "
                              "for optical flow")
     return start, end
 
@@ -66,7 +66,8 @@ def _frame_rate(cap: cv2.VideoCapture, cfg: VideoConfig, path: Path) -> float:
     return fps
 
 
-def read_clip(path: str | os.PathLike, cfg: VideoConfig | None = None, progress: Progress | None = None) -> Clip:
+def read_clip(path: str | os.PathLike, cfg: VideoConfig | None = None, progress: Progress | None = None,
+              min_frames: int = MIN_FRAMES) -> Clip:
     """Decode source frames ``cfg.start..cfg.end`` (inclusive) of ``path`` into a :class:`Clip`.
 
     Frames larger than ``cfg.max_side`` on their longer side are downscaled (INTER_AREA) and
@@ -79,7 +80,7 @@ def read_clip(path: str | os.PathLike, cfg: VideoConfig | None = None, progress:
         raise MicroFaceError(f"video not found: {path}")
     if path.is_dir():
         raise MicroFaceError(f"{path} is a directory, not a video file")
-    start, end = _check_range(cfg)
+    start, end = _check_range(cfg, min_frames)
     if cfg.max_side < 16:
         raise MicroFaceError(f"max_side {cfg.max_side} is too small to find a face; use at least 16")
 
@@ -141,9 +142,9 @@ def read_clip(path: str | os.PathLike, cfg: VideoConfig | None = None, progress:
     if end is not None and index <= end:
         raise MicroFaceError(f"end frame {end} is beyond the end of {path.name} "
                              f"({index} frames, numbered 0..{index - 1})")
-    if n < MIN_FRAMES:
+    if n < min_frames:
         raise MicroFaceError(f"{path.name} has a single frame in range {start}..{index - 1}; at least "
-                             f"{MIN_FRAMES} are needed for optical flow")
+                             f"{min_frames} are needed for optical flow")
     if progress is not None:
         progress("decode", n, n)
     arr = np.stack(frames)

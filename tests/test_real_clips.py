@@ -1,0 +1,84 @@
+"""The whole pipeline on the real clips in ../shared/videos.
+
+Bounds are the measured figures (README, benchmarks/bench_pipeline.py) with margin.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from backend.config import ReconstructConfig
+from backend.errors import MicroFaceError
+from backend.overlay import overlay_frames
+from backend.pipeline import reconstruct
+from backend.result import read_result
+from conftest import shared_video
+
+
+def _cfg(flow: str = "dis", **video) -> ReconstructConfig:
+    cfg = ReconstructConfig(device="cpu")
+    cfg.flow.method = flow
+    for k, v in video.items():
+        setattr(cfg.video, k, v)
+    return cfg
+
+
+@pytest.mark.slow
+def test_single_face_main_job(tmp_path):
+    """The README's main job: TV-L1 flow as in the paper, landmarks on every frame, mesh on the face."""
+    video = shared_video("single_face.mp4")
+    out, res = reconstruct(video, tmp_path / "single_face.npz", _cfg("tvl1"))
+    back = read_result(out)
+    assert back.n_frames == 72 and back.valid.all() and not back.interpolated.any()
+    assert np.array_equal(back.frame_indices, np.arange(72))
+    assert back.meta["landmarks_68_source"] in ("fan", "flame_embedding")
+    # measured 1.13-1.71 px median (640x360)
+    assert float(np.median(back.fit_error_px)) < 2.5
+    # the projected mesh lies on the detected face: its 68 landmarks sit inside the MediaPipe face box
+    lo, hi = back.landmarks_mp.min(1), back.landmarks_mp.max(1)
+    inside = ((back.landmarks_68 >= lo[:, None] - 5) & (back.landmarks_68 <= hi[:, None] + 5)).all(-1)
+    assert inside.mean() > 0.98
+    # TV-L1 flow on a near-still face: small but present, and the attention is a proper sigmoid
+    assert 0.0 < back.region_flow[1:].mean() < 2.0 and (back.region_flow[0] == 0).all()
+    assert ((back.attention >= 0) & (back.attention <= 1)).all()
+    # the overlay QA images (python -m backend overlay) come out for the frames asked for
+    pngs = overlay_frames(out, video, tmp_path, [0, 36])
+    assert [p.name for p in pngs] == ["overlay_000000.png", "overlay_000036.png"]
+    assert all(p.stat().st_size > 10_000 for p in pngs)
+
+
+@pytest.mark.slow
+def test_hand_over_mouth_is_flagged_not_fatal(tmp_path):
+    video = shared_video("WolfgangLanger_Pexels.mp4")
+    # the hand covers the mouth from source frame 58 on (tests/test_landmarks.py)
+    out, res = reconstruct(video, tmp_path / "wolf.npz", _cfg(start=40, end=75))
+    assert res.frame_indices[0] == 40 and res.n_frames == 36
+    covered = (res.frame_indices >= 58)
+    assert not res.valid[covered].any() and res.interpolated[covered].all()
+    assert res.valid[res.frame_indices < 56].all()
+    assert any("58" in w for w in res.meta["warnings"])
+    assert np.isfinite(res.vertices).all()
+
+
+@pytest.mark.slow
+def test_cuts_and_faceless_shots_partial_but_honest(tmp_path):
+    video = shared_video("clip_01_tears_of_steel.mp4")
+    out, res = reconstruct(video, tmp_path / "tos.npz", _cfg())
+    assert res.n_frames == 240
+    # one person is tracked (frames 65-184, measured); the robot, faceless shots and the other
+    # people after cuts are flagged, and the result says so
+    valid_frames = res.frame_indices[res.valid]
+    assert 0.3 < res.valid.mean() < 0.7
+    assert valid_frames.min() >= 60 and valid_frames.max() <= 190
+    assert res.meta["warnings"] and "interpolated" in res.meta["warnings"][0]
+    assert np.isfinite(res.vertices).all()
+
+
+def test_face_index_beyond_faces_is_a_clear_error(tmp_path):
+    video = shared_video("single_face.mp4")
+    cfg = _cfg(start=0, end=5)
+    cfg.landmarks.face_index = 3
+    with pytest.raises(MicroFaceError) as err:
+        reconstruct(video, tmp_path / "x.npz", cfg)
+    assert "face" in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "x.npz").exists()
