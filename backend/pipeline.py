@@ -25,11 +25,14 @@ def _check_output(path: str | os.PathLike) -> Path:
     out = Path(path).expanduser().absolute()
     if out.is_dir():
         raise MicroFaceError(f"output {out} is a directory; give a file name such as {out / 'result.npz'}")
-    parent = out.parent
-    if not parent.is_dir():
-        raise MicroFaceError(f"cannot write {out}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise MicroFaceError(f"cannot write {out}: folder {parent} is not writable")
+    # Missing folders are made just before the write, so a failed run leaves nothing behind.
+    existing = out.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise MicroFaceError(f"cannot write {out}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK):
+        raise MicroFaceError(f"cannot write {out}: folder {existing} is not writable")
     if out.suffix != ".npz":
         raise MicroFaceError(f"output {out} must end in .npz")
     return out
@@ -162,6 +165,7 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
         meta=meta,
     )
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         timed("write", write_result, out, result)
     except ResultError as exc:
         raise MicroFaceError(str(exc)) from None

@@ -101,3 +101,9 @@ def test_module_entry_point_reports_json(tmp_path):
     assert proc.returncode == 2
     assert json.loads(proc.stdout.strip().splitlines()[-1])["event"] == "error"
     assert proc.stderr.strip().count("\n") == 0
+
+
+def test_missing_output_folder_is_made_only_on_success(capsys, tmp_path):
+    out = tmp_path / "new" / "deeper" / "r.npz"
+    code, events, err = _run(capsys, ["reconstruct", str(tmp_path / "nope.mp4"), "-o", str(out)])
+    assert code == 2 and not (tmp_path / "new").exists()

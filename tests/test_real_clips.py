@@ -27,7 +27,7 @@ def _cfg(flow: str = "dis", **video) -> ReconstructConfig:
 def test_single_face_main_job(tmp_path):
     """The README's main job: TV-L1 flow as in the paper, landmarks on every frame, mesh on the face."""
     video = shared_video("single_face.mp4")
-    out, res = reconstruct(video, tmp_path / "single_face.npz", _cfg("tvl1"))
+    out, res = reconstruct(video, tmp_path / "out" / "single_face.npz", _cfg("tvl1"))  # folder made on success
     back = read_result(out)
     assert back.n_frames == 72 and back.valid.all() and not back.interpolated.any()
     assert np.array_equal(back.frame_indices, np.arange(72))
