@@ -1,8 +1,9 @@
 """Configuration dataclasses and the one function that resolves asset paths.
 
 Every asset is looked up in this order: the explicit flag (the Blender add-on passes its
-preferences as flags), then an environment variable, then the development default
-``<repo>/../shared/assets/flame``. A missing file fails with a message that says how to fix it.
+preferences as flags), then an environment variable, then default folders (the development
+default is ``<repo>/../shared/assets/flame``). A missing file fails with a message that says how
+to fix it.
 """
 from __future__ import annotations
 
@@ -14,52 +15,70 @@ from .errors import MicroFaceError
 
 _DEV_ASSETS = Path(__file__).resolve().parent.parent.parent / "shared" / "assets" / "flame"
 
-# name -> (environment variable, file name inside the assets folder)
+
+@dataclass(frozen=True)
+class Asset:
+    what: str                     # name in messages
+    env: str                      # environment variable naming the file (or its folder)
+    files: tuple[str, ...]        # names looked for inside a folder; () for a folder asset
+    fix: str                      # how the user supplies it
+
+
+_COMPANIONS = ("pass --assets DIR or set MICROFACE_ASSETS to the folder holding FLAME_masks.pkl, "
+               "landmark_embedding_68.npz and mediapipe_landmark_embedding.npz")
 ASSETS = {
-    "flame": ("MICROFACE_FLAME", "microface_ict_flame.pkl"),
-    "assets_dir": ("MICROFACE_ASSETS", ""),
-    "masks": ("MICROFACE_FLAME_MASKS", "FLAME_masks.pkl"),
-    "lmk68": ("MICROFACE_LMK68", "landmark_embedding_68.npz"),
-    "lmk_mediapipe": ("MICROFACE_LMK_MEDIAPIPE", "mediapipe_landmark_embedding.npz"),
-    "fan_weights": ("MICROFACE_FAN_DIR", ""),
+    "flame": Asset("head model", "MICROFACE_FLAME", ("generic_model.pkl", "flame2023.pkl", "microface_ict_flame.pkl"),
+                   "pass --flame PATH or set MICROFACE_FLAME to a FLAME .pkl (2020, 2023 or 2023 Open from "
+                   "https://flame.is.tue.mpg.de after registering, or the open stand-in microface_ict_flame.pkl)"),
+    "assets_dir": Asset("FLAME assets folder", "MICROFACE_ASSETS", (), _COMPANIONS),
+    "masks": Asset("region masks", "MICROFACE_FLAME_MASKS", ("FLAME_masks.pkl",), _COMPANIONS),
+    "lmk68": Asset("68-point landmark embedding", "MICROFACE_LMK68", ("landmark_embedding_68.npz",), _COMPANIONS),
+    "lmk_mediapipe": Asset("MediaPipe landmark embedding", "MICROFACE_LMK_MEDIAPIPE", ("mediapipe_landmark_embedding.npz",), _COMPANIONS),
+    "uv_template": Asset("UV template", "MICROFACE_UV_TEMPLATE", ("head_template.obj",),
+                         "set MICROFACE_UV_TEMPLATE to FLAME's head_template.obj (the template with UVs)"),
+    "fan": Asset("FAN weights", "MICROFACE_FAN_DIR", ("2DFAN4-cd938726ad.zip", "2DFAN4_1.6-c827573f02.zip", "2DFAN4_1.5-a60332318a.zip"),
+                 "pass --fan PATH or set MICROFACE_FAN_DIR to face-alignment's 2DFAN4 weights (or their folder)"),
 }
 
-_FIX = {
-    "flame": "pass --flame PATH or set MICROFACE_FLAME to a FLAME .pkl (2020, 2023 or 2023 Open from "
-    "https://flame.is.tue.mpg.de after registering, or the open stand-in microface_ict_flame.pkl)",
-    "assets_dir": "pass --assets DIR or set MICROFACE_ASSETS to the folder holding FLAME_masks.pkl, "
-    "landmark_embedding_68.npz and mediapipe_landmark_embedding.npz",
-}
 
-
-def resolve_asset(name: str, flag: str | os.PathLike | None = None, assets_dir: str | os.PathLike | None = None,
+def resolve_asset(name: str, flag: str | os.PathLike | None = None, folders: tuple[Path | None, ...] = (),
                   required: bool = True) -> Path | None:
-    """Path of asset ``name`` (a key of ``ASSETS``): flag, then environment, then default.
+    """Path of asset ``name`` (a key of ``ASSETS``).
 
-    Companion files (masks, embeddings) default to ``assets_dir`` (itself resolved the same way).
-    Raises :class:`MicroFaceError` naming the fix when ``required`` and nothing exists.
+    Order: ``flag``, then the asset's environment variable (each a file, or a folder holding one
+    of its file names), then the default ``folders``. A flag or variable that points at nothing
+    is an error even when the asset is optional: the user asked for something that is not there.
+    Raises :class:`MicroFaceError` naming the fix; returns None when optional and absent.
     """
-    env_var, file_name = ASSETS[name]
-    candidates: list[tuple[str, Path]] = []
-    if flag:
-        candidates.append(("flag", Path(flag).expanduser()))
-    if os.environ.get(env_var):
-        candidates.append((env_var, Path(os.environ[env_var]).expanduser()))
-    if name != "assets_dir" and file_name:
-        base = resolve_asset("assets_dir", assets_dir, required=False)
-        if base is not None:
-            candidates.append(("assets folder", base / file_name))
-    elif name == "assets_dir":
-        candidates.append(("default", _DEV_ASSETS))
-    for origin, path in candidates:
-        if path.exists():
-            return path.resolve()
-        if origin != "default" and origin != "assets folder":
-            raise MicroFaceError(f"{name.replace('_', ' ')} not found: {path} (from {origin}); "
-                                 + _FIX.get(name, _FIX["assets_dir"]))
+    spec = ASSETS[name]
+
+    def look(path: Path) -> Path | None:
+        if path.is_dir():
+            if not spec.files:
+                return path
+            return next((path / f for f in spec.files if (path / f).is_file()), None)
+        return path if path.is_file() and spec.files else None
+
+    what = spec.what
+    for origin, value in (("flag", flag), (spec.env, os.environ.get(spec.env))):
+        if value:
+            path = Path(value).expanduser()
+            found = look(path)
+            if found is None:
+                raise MicroFaceError(f"{what} not found at {path} (from {origin}); {spec.fix}")
+            return found.resolve()
+    for folder in folders:
+        found = look(Path(folder)) if folder is not None else None
+        if found is not None:
+            return found.resolve()
     if required:
-        raise MicroFaceError(f"no {name.replace('_', ' ')} file found; " + _FIX.get(name, _FIX["assets_dir"]))
+        raise MicroFaceError(f"no {what} found; {spec.fix}")
     return None
+
+
+def assets_folder(flag: str | os.PathLike | None = None) -> Path | None:
+    """The folder of FLAME's companion files: --assets, $MICROFACE_ASSETS, else the development default."""
+    return resolve_asset("assets_dir", flag, folders=(_DEV_ASSETS,), required=False)
 
 
 @dataclass
@@ -77,6 +96,7 @@ class LandmarkConfig:
                                     # k+1 faces. Either way that face is then tracked.
     min_confidence: float = 0.5
     use_fan: str = "auto"           # auto: FAN when its weights are present locally; "on": require them; "off": never
+    fan: str | None = None          # FAN weights file or folder (else $MICROFACE_FAN_DIR, then torch's hub cache)
     max_faces: int = 4              # faces MediaPipe looks for per frame
     # Tracking: a detection continues the track if its centre moved at most track_max_jump face sizes
     # per frame since the track was last seen (capped at 2 face sizes) and its size changed at most
@@ -123,8 +143,7 @@ class FitConfig:
     w_lmk_mp: float = 1.0
     w_shape: float = 1e-3           # identity prior, on coefficients in the model's own units
     w_expr: float = 1.0             # expression prior, on displacement energy (model-independent)
-    w_temporal: float = 10.0        # smoothness of expression and pose over frames
-    w_anchor: float = 1.0           # onset anchor for the head pose
+    w_temporal: float = 10.0        # smoothness of expression and pose; per second, referenced to 30 fps
     focal: float | None = None      # pixels; None = 1.0 * max(width, height)
     expr_bounds: str = "auto"       # auto: [0, 1] for named (ARKit-style) targets, free for PCA
 

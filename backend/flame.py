@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from . import safe_pickle
-from .config import resolve_asset
+from .config import assets_folder, resolve_asset
 from .errors import MicroFaceError
 from .regions import REGION_NAMES, region_labels
 
@@ -111,7 +111,8 @@ def load_flame(flame: str | Path | None = None, assets: str | Path | None = None
     ``flame`` and ``assets`` follow :func:`backend.config.resolve_asset`: flag, environment, default.
     Every problem raises :class:`MicroFaceError` with a one-line message.
     """
-    path = resolve_asset("flame", flame)
+    adir = assets_folder(assets)
+    path = resolve_asset("flame", flame, folders=(adir,))
     d = _load_pickle(path, "head model")
     missing = [k for k in _REQUIRED if k not in d]
     if missing:
@@ -161,11 +162,10 @@ def load_flame(flame: str | Path | None = None, assets: str | Path | None = None
         if pd.shape == (n_v, 3, 9 * (n_j - 1)) and np.abs(pd).max() > 0:
             posedirs = pd.reshape(-1, pd.shape[2]).T.astype(np.float32)
 
-    adir = resolve_asset("assets_dir", assets, required=False)
-    masks = _load_pickle(resolve_asset("masks", assets_dir=adir), "region masks")
-    l68 = _load_npz(resolve_asset("lmk68", assets_dir=adir), ("full_lmk_faces_idx", "full_lmk_bary_coords"),
+    masks = _load_pickle(resolve_asset("masks", folders=(adir,)), "region masks")
+    l68 = _load_npz(resolve_asset("lmk68", folders=(adir,)), ("full_lmk_faces_idx", "full_lmk_bary_coords"),
                     "68-point landmark embedding")
-    lmp = _load_npz(resolve_asset("lmk_mediapipe", assets_dir=adir),
+    lmp = _load_npz(resolve_asset("lmk_mediapipe", folders=(adir,)),
                     ("lmk_face_idx", "lmk_b_coords", "landmark_indices"), "MediaPipe landmark embedding")
     try:
         labels = region_labels(masks, v)

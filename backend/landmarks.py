@@ -31,7 +31,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .config import ASSETS, LandmarkConfig
+from .config import ASSETS, LandmarkConfig, resolve_asset
 from .errors import MicroFaceError
 from .video import Clip, Progress
 
@@ -44,7 +44,7 @@ _DUPLICATE_IOU = 0.5
 
 # Files face-alignment 1.4.1 downloads for the 2D FAN-4 network: the default, then the torch-1.6 and
 # torch-1.5 builds. All are TorchScript archives loaded with torch.jit.load.
-FAN_WEIGHT_FILES = ("2DFAN4-cd938726ad.zip", "2DFAN4_1.6-c827573f02.zip", "2DFAN4_1.5-a60332318a.zip")
+FAN_WEIGHT_FILES = ASSETS["fan"].files
 FAN_INPUT = 256       # network input side, pixels
 FAN_REFERENCE = 195.0  # face-alignment's detector box size that maps to scale 1 (200 px crop)
 # MediaPipe points along iBUG-68's outline (jaw contour and brows): their box stands in for the face
@@ -360,26 +360,11 @@ def _torch_hub_dir() -> Path:
     return Path(os.environ.get("TORCH_HOME", os.path.join(cache, "torch"))).expanduser() / "hub"
 
 
-def find_fan_weights() -> Path | None:
-    """The FAN-4 2D weights file if it is on disk, else None. Looks in MICROFACE_FAN_DIR (a folder
-    or the file itself), then torch's hub cache (``torch.hub.get_dir()/checkpoints``), where
-    face-alignment keeps its downloads. Never downloads."""
-    folders: list[Path] = []
-    env_var = ASSETS["fan_weights"][0]
-    if os.environ.get(env_var):
-        configured = Path(os.environ[env_var]).expanduser()
-        if configured.is_file():
-            return configured
-        if not configured.is_dir():
-            raise MicroFaceError(f"{env_var}={configured} does not exist; point it at the folder holding "
-                                 f"{FAN_WEIGHT_FILES[0]} or unset it")
-        folders.append(configured)
-    folders.append(_torch_hub_dir() / "checkpoints")
-    for folder in folders:
-        for name in FAN_WEIGHT_FILES:
-            if (folder / name).is_file():
-                return folder / name
-    return None
+def find_fan_weights(flag: str | None = None, required: bool = False) -> Path | None:
+    """The FAN-4 2D weights file if it is on disk, else None: ``flag``, then $MICROFACE_FAN_DIR (a
+    folder or the file itself), then torch's hub cache (``torch.hub.get_dir()/checkpoints``),
+    where face-alignment keeps its downloads. Never downloads."""
+    return resolve_asset("fan", flag, folders=(_torch_hub_dir() / "checkpoints",), required=required)
 
 
 def fan_crop_transforms(mp_points: np.ndarray) -> np.ndarray:
@@ -469,10 +454,7 @@ def detect_landmarks(clip: Clip, cfg: LandmarkConfig | None = None, progress: Pr
         raise MicroFaceError(f"use_fan must be auto, on or off, not {cfg.use_fan!r}")
     if cfg.max_faces < 1:
         raise MicroFaceError(f"max_faces must be at least 1, not {cfg.max_faces}")
-    fan_weights = find_fan_weights() if cfg.use_fan != "off" else None
-    if cfg.use_fan == "on" and fan_weights is None:
-        raise MicroFaceError(f"FAN requested but its weights ({FAN_WEIGHT_FILES[0]}) are not in MICROFACE_FAN_DIR "
-                             "or the torch hub cache; put the file there or set use_fan to auto")
+    fan_weights = find_fan_weights(cfg.fan, required=cfg.use_fan == "on") if cfg.use_fan != "off" else None
 
     frames = clip.frames
     t_count = len(frames)

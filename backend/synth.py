@@ -26,7 +26,6 @@ from .obj import read_obj
 from .render import Light, render, vertex_normals
 from .texture import background_image, procedural_skin_texture
 
-_UV_TEMPLATE = "head_template.obj"
 # Seen through parted lips, the inside of the open head mesh stands in for the mouth cavity.
 _MOUTH_CAVITY = (0.10, 0.03, 0.03)
 # Fraction of the largest region's mean apex motion above which a region counts as active.
@@ -386,17 +385,13 @@ def _render_frames(cfg: SynthConfig, model: FlameModel, neutral: np.ndarray, ver
 
 def _template_face_uvs(model: FlameModel) -> np.ndarray:
     """(F, 3, 2) per-corner UVs from the UV'd FLAME template beside the model file."""
-    from .config import resolve_asset
+    from .config import assets_folder, resolve_asset
 
-    assets = resolve_asset("assets_dir", required=False)
-    candidates = [model.path.parent / _UV_TEMPLATE] + ([Path(assets) / _UV_TEMPLATE] if assets else [])
-    for path in candidates:
-        if path.exists():
-            mesh = read_obj(path)
-            if mesh.faces.shape != model.faces.shape or not np.array_equal(mesh.faces, model.faces):
-                raise ValueError(f"{path} does not share the head model's triangles")
-            return mesh.face_uvs
-    raise FileNotFoundError(f"{_UV_TEMPLATE} not found beside {model.path} or in the assets folder")
+    path = resolve_asset("uv_template", folders=(model.path.parent, assets_folder()))
+    mesh = read_obj(path)
+    if mesh.faces.shape != model.faces.shape or not np.array_equal(mesh.faces, model.faces):
+        raise ValueError(f"{path} does not share the head model's triangles")
+    return mesh.face_uvs
 
 
 # ----------------------------------------------------------------------------- files

@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from backend import safe_pickle
-from backend.config import ASSETS, resolve_asset
+from backend.config import ASSETS, assets_folder, resolve_asset
 from backend.errors import MicroFaceError
 from backend.flame import FlameLayer, load_flame
 from backend.regions import REGION_NAMES, region_labels
 
-ENV_VARS = [env for env, _ in ASSETS.values()]
-ASSET_DIR = resolve_asset("assets_dir")
-STAND_IN = ASSET_DIR / ASSETS["flame"][1]
+ENV_VARS = [a.env for a in ASSETS.values()]
+ASSET_DIR = assets_folder()
+STAND_IN = ASSET_DIR / "microface_ict_flame.pkl"
 GLOBAL, NECK, JAW, LEFT_EYE, RIGHT_EYE = range(5)
 
 
@@ -256,7 +256,9 @@ def test_missing_env_file_names_the_variable(tmp_path, monkeypatch):
 def test_flag_beats_environment_beats_default(tmp_path, monkeypatch):
     env_file = tmp_path / "env.pkl"
     env_file.write_bytes(b"")
-    assert resolve_asset("flame") == resolve_asset("assets_dir") / "microface_ict_flame.pkl"
+    assert resolve_asset("flame", folders=(ASSET_DIR,)) == ASSET_DIR / "microface_ict_flame.pkl"
+    with pytest.raises(MicroFaceError, match="--flame PATH"):
+        resolve_asset("flame")  # no flag, no variable, no default folder
     monkeypatch.setenv("MICROFACE_FLAME", str(env_file))
-    assert resolve_asset("flame") == env_file.resolve()
+    assert resolve_asset("flame", folders=(ASSET_DIR,)) == env_file.resolve()
     assert resolve_asset("flame", STAND_IN) == STAND_IN.resolve()

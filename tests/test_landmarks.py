@@ -272,23 +272,28 @@ def test_fan_decoding_matches_face_alignment():
 def test_fan_weights_are_looked_up_never_downloaded(tmp_path, monkeypatch):
     folder = tmp_path / "fan"
     folder.mkdir()
-    monkeypatch.setenv("MICROFACE_FAN_DIR", str(folder))
+    monkeypatch.delenv("MICROFACE_FAN_DIR", raising=False)
     assert find_fan_weights() is None
     hub = tmp_path / "torch_home" / "hub" / "checkpoints"
     hub.mkdir(parents=True)
     (hub / FAN_WEIGHT_FILES[1]).write_bytes(b"placeholder: only the lookup is tested")
     assert find_fan_weights() == hub / FAN_WEIGHT_FILES[1]
+    # a folder named by the variable but lacking the weights is the user's mistake: say so
+    monkeypatch.setenv("MICROFACE_FAN_DIR", str(folder))
+    with pytest.raises(MicroFaceError, match=r"FAN weights not found at .*fan \(from MICROFACE_FAN_DIR\)"):
+        find_fan_weights()
     (folder / FAN_WEIGHT_FILES[0]).write_bytes(b"placeholder")
     assert find_fan_weights() == folder / FAN_WEIGHT_FILES[0]
+    assert find_fan_weights(str(hub)) == hub / FAN_WEIGHT_FILES[1]  # the flag beats the variable
     monkeypatch.setenv("MICROFACE_FAN_DIR", str(tmp_path / "nowhere"))
-    with pytest.raises(MicroFaceError, match=r"MICROFACE_FAN_DIR=.*nowhere does not exist"):
+    with pytest.raises(MicroFaceError, match=r"FAN weights not found at .*nowhere"):
         find_fan_weights()
 
 
 def test_fan_required_but_absent_fails_before_any_work():
     clip = Clip(path=Path("x.mp4"), frames=np.zeros((2, 32, 32, 3), np.uint8),
                 frame_indices=np.arange(2), fps=30.0, width=32, height=32)
-    with pytest.raises(MicroFaceError, match=r"FAN requested but its weights \(2DFAN4-cd938726ad\.zip\)"):
+    with pytest.raises(MicroFaceError, match=r"no FAN weights found; pass --fan PATH"):
         detect_landmarks(clip, LandmarkConfig(use_fan="on"))
     with pytest.raises(MicroFaceError, match=r"use_fan must be auto, on or off, not 'maybe'"):
         detect_landmarks(clip, LandmarkConfig(use_fan="maybe"))

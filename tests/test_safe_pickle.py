@@ -15,17 +15,17 @@ import pytest
 import scipy.sparse as sp
 
 from backend import safe_pickle
-from backend.config import ASSETS, resolve_asset
+from backend.config import ASSETS, assets_folder
 from backend.errors import MicroFaceError
 from backend.flame import FlameLayer, load_flame
 
-ASSET_DIR = resolve_asset("assets_dir")
-STAND_IN = ASSET_DIR / ASSETS["flame"][1]
+ASSET_DIR = assets_folder()
+STAND_IN = ASSET_DIR / "microface_ict_flame.pkl"
 
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch):
-    for env, _ in ASSETS.values():
+    for env in (a.env for a in ASSETS.values()):
         monkeypatch.delenv(env, raising=False)
 
 
@@ -151,8 +151,9 @@ def test_wrong_shapes_are_named(tmp_path, raw):
     assert "is malformed: weights rows do not match the vertex count" in _load_error(_dump(tmp_path, d))
 
 
-def test_directory_instead_of_file_is_an_error(tmp_path):
-    assert "is corrupt or not a FLAME pickle" in _load_error(tmp_path)
+def test_directory_without_a_model_is_an_error(tmp_path):
+    msg = _load_error(tmp_path)
+    assert "not found at" in msg and "(from flag)" in msg and "--flame PATH" in msg
 
 
 # --- legitimate encodings ------------------------------------------------------------------------
