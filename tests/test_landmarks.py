@@ -11,8 +11,8 @@ from conftest import shared_video, write_video
 
 from backend.config import LandmarkConfig, VideoConfig
 from backend.errors import MicroFaceError
-from backend.landmarks import (FAN_WEIGHT_FILES, N_MP, decode_fan_heatmaps, detect_landmarks, fan_crop_transforms,
-                               find_fan_weights, hand_coverage, interpolate_invalid, mesh_outliers, shot_cuts)
+from backend.fan import FAN_WEIGHT_FILES, decode_fan_heatmaps, fan_crop_transforms, find_fan_weights
+from backend.landmarks import N_MP, detect_landmarks, hand_coverage, interpolate_invalid, mesh_outliers, shot_cuts
 from backend.video import Clip, read_clip
 
 
