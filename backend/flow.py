@@ -69,38 +69,3 @@ def tvl1_flow(crops: np.ndarray, cfg: FlowConfig | None = None, progress: Progre
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
     return out
-
-
-def region_flow_intensity(flow: np.ndarray, centroids: np.ndarray, patch: int = 5) -> np.ndarray:
-    """Eq. 18: mean flow magnitude in a ``patch`` x ``patch`` pixel square around each region centroid.
-
-    flow (T-1, S, S, 2) crop pixels; centroids (T-1, R, 2) crop pixels (x, y), rounded to the nearest
-    pixel and clipped so the square lies inside the crop. Returns (T-1, R) float32 crop pixels.
-    """
-    flow = np.asarray(flow, np.float32)
-    centroids = np.asarray(centroids, np.float64)
-    if centroids.shape[0] != flow.shape[0] or centroids.shape[-1] != 2:
-        raise ValueError(f"centroids {centroids.shape} do not match flow {flow.shape}: need (T-1, R, 2)")
-    if not np.isfinite(centroids).all():
-        raise ValueError("region centroids contain NaN or infinity")
-    h, w = flow.shape[1:3]
-    half = patch // 2
-    if patch < 1 or patch > min(h, w):
-        raise ValueError(f"patch {patch} does not fit a {w}x{h} flow field")
-    mag = np.linalg.norm(flow, axis=-1)                                     # (T-1, H, W)
-    cx = np.clip(np.rint(centroids[..., 0]), half, w - 1 - (patch - 1 - half)).astype(np.int64)
-    cy = np.clip(np.rint(centroids[..., 1]), half, h - 1 - (patch - 1 - half)).astype(np.int64)
-    offsets = np.arange(patch) - half
-    ys = cy[..., None, None] + offsets[:, None]                             # (T-1, R, p, 1)
-    xs = cx[..., None, None] + offsets[None, :]                             # (T-1, R, 1, p)
-    t = np.arange(len(mag))[:, None, None, None]
-    return mag[t, ys, xs].mean(axis=(-2, -1)).astype(np.float32)
-
-
-def attention_weights(intensity: np.ndarray) -> np.ndarray:
-    """Eq. 19-20: per-frame adaptive threshold tau = mean + 0.5 * std over regions (population std),
-    and weight sigmoid((I - tau) / (tau + 1e-4)). (T-1, R) -> (T-1, R) float32 in (0, 1)."""
-    i = np.asarray(intensity, np.float64)
-    tau = i.mean(axis=-1, keepdims=True) + 0.5 * i.std(axis=-1, keepdims=True)
-    z = (i - tau) / (tau + 1e-4)
-    return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)

@@ -64,6 +64,18 @@ def region_centroids_px(vertices: np.ndarray, labels: np.ndarray, n_regions: int
     return out
 
 
+def region_attention(flow: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eq. 18–20 on pair flows: (P, S, S, 2) crop px and centroids (P, R, 2) crop px -> intensity, attention (P, R)."""
+    import torch
+
+    from .dgmd import attention_weights, region_flow_intensity
+
+    with torch.no_grad():
+        inten = region_flow_intensity(torch.as_tensor(flow, dtype=torch.float32),
+                                      torch.as_tensor(centres, dtype=torch.float32), crop_size=flow.shape[1])
+        return inten.numpy(), attention_weights(inten).numpy()
+
+
 def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: ReconstructConfig | None = None,
                 progress: Progress | None = None):
     """Run every stage on ``video`` and write the result file atomically to ``output``.
@@ -98,7 +110,7 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
 
     alignment = timed("align", align_faces, clip, lms, cfg.align)
 
-    from .flow import attention_weights, region_flow_intensity, tvl1_flow
+    from .flow import tvl1_flow
 
     flow = timed("flow", tvl1_flow, alignment.crops, cfg.flow, progress)
 
@@ -115,8 +127,7 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
     t_count = clip.frames.shape[0]
     region_flow = np.zeros((t_count, len(model.region_names)), np.float32)
     attention = np.zeros_like(region_flow)
-    region_flow[1:] = region_flow_intensity(flow, cent_crop[:-1])
-    attention[1:] = attention_weights(region_flow[1:])
+    region_flow[1:], attention[1:] = region_attention(flow, cent_crop[:-1])
 
     warnings = []
     if lms.interpolated.any():

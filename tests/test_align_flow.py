@@ -13,7 +13,7 @@ from backend.align import (STABLE_POINTS, align_faces, canonical_points, fit_sim
                            to_crop, to_source)
 from backend.config import AlignConfig, FlowConfig, LandmarkConfig
 from backend.errors import MicroFaceError
-from backend.flow import attention_weights, region_flow_intensity, tvl1_flow
+from backend.flow import tvl1_flow
 from backend.landmarks import detect_landmarks
 from backend.video import read_clip
 
@@ -160,26 +160,3 @@ def test_flow_rejects_bad_input():
         tvl1_flow(np.zeros((1, 8, 8, 3), np.uint8))
 
 
-def test_region_flow_intensity_by_hand():
-    flow = np.zeros((2, 20, 20, 2), np.float32)
-    flow[0, ..., 0] = 3.0
-    flow[0, ..., 1] = 4.0                       # magnitude 5 everywhere in pair 0
-    flow[1, 10, 10] = (0.0, 2.5)                # pair 1: one pixel of magnitude 2.5 ...
-    flow[1, 0:5, 15:20, 0] = np.arange(25, dtype=np.float32).reshape(5, 5)   # ... and a ramp 0..24 in a corner
-    centroids = np.array([[[10.0, 10.0], [3.0, 3.0]],
-                          [[10.4, 9.6], [30.0, -7.0]]])   # rounds to (10, 10); clipped to centre (17, 2)
-    out = region_flow_intensity(flow, centroids)
-    assert out.shape == (2, 2) and out.dtype == np.float32
-    np.testing.assert_allclose(out, [[5.0, 5.0], [2.5 / 25, 12.0]], rtol=1e-6)
-
-
-def test_attention_weights_by_hand():
-    intensity = np.array([[1.0, 2.0, 3.0, 6.0], [0.0, 0.0, 0.0, 0.0]])
-    # Row 0: mean 3, population std sqrt((4 + 1 + 0 + 9) / 4) = sqrt(3.5), tau = 3 + 0.5 sqrt(3.5).
-    tau = 3 + 0.5 * math.sqrt(3.5)
-    expected0 = [1 / (1 + math.exp(-(i - tau) / (tau + 1e-4))) for i in (1.0, 2.0, 3.0, 6.0)]
-    w = attention_weights(intensity)
-    assert w.shape == (2, 4) and w.dtype == np.float32
-    np.testing.assert_allclose(w[0], expected0, rtol=1e-6)
-    np.testing.assert_allclose(w[0], [0.32172, 0.37947, 0.44086, 0.62822], atol=5e-5)
-    np.testing.assert_allclose(w[1], 0.5)          # no motion anywhere: tau = 0, every weight 1/2

@@ -1,0 +1,165 @@
+"""The learned network end to end: static fit -> DEM -> FLAME (M_init) -> DGMD (M_final).
+
+Also the weights file: saving with provenance beside it, and loading with
+``torch.load(weights_only=True)``; a missing or corrupt file is a clear error, never random weights.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .dem import DynamicEncodedModule
+from .dgmd import DGMDConfig, DynamicGuidedDeformation
+from .errors import MicroFaceError
+from .flame import FlameLayer, FlameModel, axis_angle_to_matrix
+
+WEIGHTS_FORMAT = "microface-weights"
+WEIGHTS_VERSION = 1
+
+
+@dataclass
+class ModelConfig:
+    use_dem: bool = True
+    use_dgmd: bool = True
+    dem_width: int = 16
+    dem_latent: int = 32
+    dgmd: DGMDConfig = field(default_factory=DGMDConfig)
+
+
+def landmark_points(model: FlameModel, lmk_68: torch.Tensor, lmk_mp: torch.Tensor) -> torch.Tensor:
+    """FAN-68 ⊕ the embedded MediaPipe points, in the order DGMD expects. (..., 68 + K, 2)."""
+    idx = torch.as_tensor(model.mp_indices, device=lmk_mp.device)
+    return torch.cat([lmk_68, lmk_mp[..., idx, :]], -2)
+
+
+class MicroFaceNet(nn.Module):
+    """DEM + FLAME + DGMD. :meth:`forward` takes a batch of windows of T frames."""
+
+    def __init__(self, model: FlameModel, cfg: ModelConfig | None = None):
+        super().__init__()
+        self.cfg = cfg = cfg or ModelConfig()
+        self.flame_model = model
+        self.flame = FlameLayer(model)
+        for b in self.flame.buffers():
+            b.requires_grad_(False)
+        self.dem = DynamicEncodedModule(model.n_expr, width=cfg.dem_width, latent=cfg.dem_latent)
+        self.dgmd = DynamicGuidedDeformation(model, cfg.dgmd)
+
+    def _flame(self, shape: torch.Tensor, expr: torch.Tensor, pose: torch.Tensor, trans: torch.Tensor):
+        b, t = expr.shape[:2]
+        shape_bt = shape[:, None].expand(b, t, -1).reshape(b * t, -1)
+        e, p, tr = expr.reshape(b * t, -1), pose.reshape(b * t, -1), trans.reshape(b * t, 3)
+        v_cam, _ = self.flame(shape_bt, e, p, tr)
+        p_head = p.clone()
+        p_head[:, :6] = 0.0  # without the head's rigid motion (global and neck)
+        v_head, _ = self.flame(shape_bt, e, p_head)
+        return v_cam, v_head
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """batch: fit_shape (B, n_shape), fit_expr (B, T, n), fit_pose (B, T, 3J), fit_trans (B, T, 3),
+        flow (B, T-1, S, S, 2) pair flow in 224-crop px, times (T,) in [0, 1], intrinsics (B, 3),
+        align (B, T, 2, 3), lmk (B, T, K, 2) FAN-68 ⊕ embedded MediaPipe points in source px.
+
+        Returns expr (B, T, n); vertices_init / vertices (B, T, V, 3) camera m; head-space versions;
+        delta_head (B, T, V, 3); attention (B, T, V); intensity and attention_region (B, T, R); dpsi.
+        """
+        fit_expr = batch["fit_expr"]
+        b, t, n = fit_expr.shape
+        if self.cfg.use_dem:
+            expr, dpsi = self.dem(fit_expr[:, 0], batch["flow"], batch["times"])
+        else:
+            expr, dpsi = fit_expr, fit_expr.new_zeros(b, t - 1, n)
+        v_cam, v_head = self._flame(batch["fit_shape"], expr, batch["fit_pose"], batch["fit_trans"])
+        nv = v_cam.shape[1]
+        out = {"expr": expr, "dpsi": dpsi,
+               "vertices_init": v_cam.view(b, t, nv, 3), "vertices_init_head": v_head.view(b, t, nv, 3)}
+        if not self.cfg.use_dgmd:
+            zeros_r = v_cam.new_zeros(b, t, len(self.flame_model.region_names))
+            out.update(vertices=out["vertices_init"], vertices_head=out["vertices_init_head"],
+                       delta_head=torch.zeros_like(out["vertices_init"]), attention=v_cam.new_zeros(b, t, nv),
+                       intensity=zeros_r, attention_region=zeros_r)
+            return out
+        flow = batch["flow"]
+        flow_acc = torch.cat([torch.zeros_like(flow[:, :1]), flow.cumsum(1)], 1)   # onset -> t
+        rot = axis_angle_to_matrix(batch["fit_pose"][..., :3]).reshape(b * t, 3, 3)
+        lmk_ref = torch.cat([self.flame.landmarks68(v_cam), self.flame.landmarks_mp(v_cam)], 1)
+        intr = batch["intrinsics"][:, None].expand(b, t, 3).reshape(b * t, 3)
+        d = self.dgmd(v_head, v_cam, rot, batch["lmk"].reshape(b * t, -1, 2), lmk_ref, intr,
+                      batch["align"].reshape(b * t, 2, 3), flow_acc.reshape(b * t, *flow.shape[2:]))
+        out["vertices"] = (v_cam + d["delta_cam"]).view(b, t, nv, 3)
+        out["vertices_head"] = (v_head + d["delta_head"]).view(b, t, nv, 3)
+        out["delta_head"] = d["delta_head"].view(b, t, nv, 3)
+        out["attention"] = d["attention"].view(b, t, nv)
+        out["intensity"] = d["intensity"].view(b, t, -1)
+        out["attention_region"] = d["attention_region"].view(b, t, -1)
+        return out
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def save_weights(net: MicroFaceNet, path: str | os.PathLike, provenance: dict) -> Path:
+    """Write the trainable weights (float32 state dict) atomically, and ``<path>.json`` beside them."""
+    path = Path(path)
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items() if not k.startswith("flame.")}
+    payload = {"format": WEIGHTS_FORMAT, "version": WEIGHTS_VERSION, "config": json.dumps(asdict(net.cfg)),
+               "n_expr": net.flame_model.n_expr, "n_vertices": int(net.flame_model.v_template.shape[0]),
+               "state": state}
+    fd, tmp = tempfile.mkstemp(suffix=".pt", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    prov = dict(provenance, sha256=_sha256(path), config=asdict(net.cfg))
+    side = path.with_suffix(path.suffix + ".json")
+    fd, tmp = tempfile.mkstemp(suffix=".json", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(prov, fh, indent=1, sort_keys=True)
+    os.replace(tmp, side)
+    return path
+
+
+def _config_from_json(text: str) -> ModelConfig:
+    raw = json.loads(text)
+    return ModelConfig(**{**raw, "dgmd": DGMDConfig(**raw["dgmd"])})
+
+
+def load_weights(path: str | os.PathLike, model: FlameModel, device: str = "cpu") -> MicroFaceNet:
+    """Build the network for ``model`` and load ``path`` with ``weights_only=True``.
+
+    Raises :class:`MicroFaceError` for a missing, corrupt or mismatched file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MicroFaceError(f"weights file {path} not found; pass --weights PATH or reinstall MicroFace")
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # unpickling refused, truncated zip, not a torch file...
+        raise MicroFaceError(f"weights file {path} is corrupt or not MicroFace weights "
+                             f"({type(exc).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != WEIGHTS_FORMAT:
+        raise MicroFaceError(f"weights file {path} is not MicroFace weights")
+    if payload.get("version", 0) > WEIGHTS_VERSION:
+        raise MicroFaceError(f"weights file {path} is version {payload['version']}; update MicroFace")
+    if payload.get("n_expr") != model.n_expr or payload.get("n_vertices") != model.v_template.shape[0]:
+        raise MicroFaceError(f"weights file {path} was trained for {payload.get('n_expr')} expressions and "
+                             f"{payload.get('n_vertices')} vertices; the head model {model.path.name} has "
+                             f"{model.n_expr} and {model.v_template.shape[0]}")
+    net = MicroFaceNet(model, _config_from_json(payload["config"]))
+    missing, unexpected = net.load_state_dict(payload["state"], strict=False)
+    missing = [k for k in missing if not k.startswith("flame.")]
+    if missing or unexpected:
+        raise MicroFaceError(f"weights file {path} does not match this network "
+                             f"(missing {len(missing)}, unexpected {len(unexpected)} tensors)")
+    return net.to(device).eval()
