@@ -39,6 +39,20 @@ def head_space(layer, shape: np.ndarray, expr: np.ndarray, pose: np.ndarray) -> 
     return v.cpu().numpy()
 
 
+def region_peak_motion(head: np.ndarray, labels: np.ndarray, n_regions: int, onset: int, offset: int) -> np.ndarray:
+    """Per region, the largest mean |V_t - V_onset| over onset..offset. head (T, V, 3) m -> (R,) mm."""
+    d = np.linalg.norm(head[onset:offset + 1] - head[onset], axis=-1) * 1000.0       # (t, V)
+    return np.array([d[:, labels == r].mean(1).max() for r in range(n_regions)])
+
+
+def active_regions(peak_mm: np.ndarray, fraction: float = 0.3, floor_mm: float = 0.03) -> np.ndarray:
+    """(R,) bool: regions moving at least ``fraction`` of the most-moving one and above ``floor_mm``.
+
+    ``fraction`` is the synthetic generator's own rule for its ground truth (backend/synth.py).
+    """
+    return (peak_mm >= fraction * peak_mm.max()) & (peak_mm >= floor_mm)
+
+
 @dataclass
 class Metrics:
     face_error_mm: float            # median over frames of the mean face-vertex error, camera space
@@ -48,17 +62,18 @@ class Metrics:
     recovered_fraction: float       # 1 - motion_error_active / true_motion_active
     invented_still_mm: float        # mean |(V_t - V_on) - (G_t - G_on)| over still regions, onset..offset
     jitter_pre_onset_mm: float      # mean |V_t+1 - V_t| over face vertices before onset (truth is still)
+    region_accuracy: float          # share of the 8 regions whose active/still call matches the truth
 
     def as_dict(self) -> dict[str, float]:
         return {k: round(float(v), 4) for k, v in asdict(self).items()}
 
 
 def micro_metrics(pred_cam: np.ndarray, gt_cam: np.ndarray, pred_head: np.ndarray, gt_head: np.ndarray,
-                  region_labels: np.ndarray, region_names: tuple[str, ...], active_regions: list[str],
+                  region_labels: np.ndarray, region_names: tuple[str, ...], active_regions_: list[str],
                   onset: int, offset: int) -> Metrics:
     """All arrays (T, V, 3) metres; ``onset``/``offset`` index frames of the clip."""
     face = region_labels >= 0
-    active = np.isin(region_labels, [region_names.index(r) for r in active_regions])
+    active = np.isin(region_labels, [region_names.index(r) for r in active_regions_])
     still = face & ~active
     mm = 1000.0
     err_cam = np.linalg.norm(pred_cam[:, face] - gt_cam[:, face], axis=-1).mean(1) * mm
@@ -73,9 +88,13 @@ def micro_metrics(pred_cam: np.ndarray, gt_cam: np.ndarray, pred_head: np.ndarra
     true_active = float(true[:, active].mean()) if active.any() else float("nan")
     pre = pred_head[: max(onset, 2)][:, face]
     jitter = float(np.linalg.norm(np.diff(pre, axis=0), axis=-1).mean() * mm)
+    n_regions = len(region_names)
+    called = active_regions(region_peak_motion(pred_head, region_labels, n_regions, onset, offset))
+    truth = np.isin(np.arange(n_regions), [region_names.index(r) for r in active_regions_])
     return Metrics(
         face_error_mm=float(np.median(err_cam)), face_error_aligned_mm=float(np.median(err_al)),
         motion_error_active_mm=err_active, true_motion_active_mm=true_active,
         recovered_fraction=1.0 - err_active / true_active if true_active > 0 else float("nan"),
         invented_still_mm=float(err[:, still].mean()), jitter_pre_onset_mm=jitter,
+        region_accuracy=float((called == truth).mean()),
     )

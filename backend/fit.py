@@ -24,6 +24,7 @@ import torch
 from .camera import default_intrinsics, project
 from .config import FitConfig
 from .flame import FlameLayer, FlameModel
+from .losses import expression_gram
 
 # MediaPipe face-mesh points used for scale and the iris term.
 MP_EYE_OUTER = (33, 263)
@@ -184,9 +185,7 @@ def _fit(model: FlameModel, mp_points: np.ndarray, valid: np.ndarray, image_size
     obs68 = torch.as_tensor(lmk68, **f32) if lmk68 is not None else None
 
     # Expression prior metric: G = mean over face vertices of B_v^T B_v, in mm² per coefficient².
-    face_v = np.flatnonzero(model.region_labels >= 0)
-    bd = model.exprdirs[face_v].astype(np.float64) * 1000.0
-    gram = torch.as_tensor(np.einsum("vck,vcl->kl", bd, bd) / len(face_v), **f32)
+    gram = expression_gram(model, device=dev)
     lo, hi = (0.0, 1.0) if (cfg.expr_bounds == "auto" and model.expr_named) else (None, None)
 
     shape = torch.zeros(model.n_shape, **f32, requires_grad=True)

@@ -62,20 +62,27 @@ class MicroFaceNet(nn.Module):
         v_head, _ = self.flame(shape_bt, e, p_head)
         return v_cam, v_head
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(self, batch: dict[str, torch.Tensor], expr_only: bool = False,
+                given_expr: bool = False) -> dict[str, torch.Tensor]:
         """batch: fit_shape (B, n_shape), fit_expr (B, T, n), fit_pose (B, T, 3J), fit_trans (B, T, 3),
         flow (B, T-1, S, S, 2) pair flow in 224-crop px, times (T,) in [0, 1], intrinsics (B, 3),
         align (B, T, 2, 3), lmk (B, T, K, 2) FAN-68 ⊕ embedded MediaPipe points in source px.
 
         Returns expr (B, T, n); vertices_init / vertices (B, T, V, 3) camera m; head-space versions;
         delta_head (B, T, V, 3); attention (B, T, V); intensity and attention_region (B, T, R); dpsi.
+
+        For long clips (backend/refine.py): ``expr_only`` runs the DEM alone; ``given_expr`` takes
+        ``fit_expr`` as the final expressions and ``flow_acc`` (B, T, S, S, 2) as the onset-to-t flow,
+        so FLAME and the DGMD can run on a chunk of frames.
         """
         fit_expr = batch["fit_expr"]
         b, t, n = fit_expr.shape
-        if self.cfg.use_dem:
+        if self.cfg.use_dem and not given_expr:
             expr, dpsi = self.dem(fit_expr[:, 0], batch["flow"], batch["times"])
         else:
-            expr, dpsi = fit_expr, fit_expr.new_zeros(b, t - 1, n)
+            expr, dpsi = fit_expr, fit_expr.new_zeros(b, max(t - 1, 0), n)
+        if expr_only:
+            return {"expr": expr, "dpsi": dpsi}
         v_cam, v_head = self._flame(batch["fit_shape"], expr, batch["fit_pose"], batch["fit_trans"])
         nv = v_cam.shape[1]
         out = {"expr": expr, "dpsi": dpsi,
@@ -86,13 +93,15 @@ class MicroFaceNet(nn.Module):
                        delta_head=torch.zeros_like(out["vertices_init"]), attention=v_cam.new_zeros(b, t, nv),
                        intensity=zeros_r, attention_region=zeros_r)
             return out
-        flow = batch["flow"]
-        flow_acc = torch.cat([torch.zeros_like(flow[:, :1]), flow.cumsum(1)], 1)   # onset -> t
+        flow_acc = batch.get("flow_acc")
+        if flow_acc is None:
+            flow = batch["flow"]
+            flow_acc = torch.cat([torch.zeros_like(flow[:, :1]), flow.cumsum(1)], 1)   # onset -> t
         rot = axis_angle_to_matrix(batch["fit_pose"][..., :3]).reshape(b * t, 3, 3)
         lmk_ref = torch.cat([self.flame.landmarks68(v_cam), self.flame.landmarks_mp(v_cam)], 1)
         intr = batch["intrinsics"][:, None].expand(b, t, 3).reshape(b * t, 3)
         d = self.dgmd(v_head, v_cam, rot, batch["lmk"].reshape(b * t, -1, 2), lmk_ref, intr,
-                      batch["align"].reshape(b * t, 2, 3), flow_acc.reshape(b * t, *flow.shape[2:]))
+                      batch["align"].reshape(b * t, 2, 3), flow_acc.reshape(b * t, *flow_acc.shape[2:]))
         out["vertices"] = (v_cam + d["delta_cam"]).view(b, t, nv, 3)
         out["vertices_head"] = (v_head + d["delta_head"]).view(b, t, nv, 3)
         out["delta_head"] = d["delta_head"].view(b, t, nv, 3)

@@ -183,3 +183,22 @@ def test_weights_round_trip_and_failures(flame_model, tmp_path):
     with pytest.raises(MicroFaceError, match="corrupt"):
         load_weights(tmp_path / "evil.pt", flame_model)
     assert not _os.path.exists("/tmp/microface_weights_pwned")
+
+
+def test_chunked_refinement_equals_the_whole_window(flame_model):
+    """backend/refine.py runs long clips in chunks of frames; the result must not depend on it."""
+    from backend.refine import refine_sample
+
+    net, batch = _batch(flame_model, b=1, t=7)
+    for p in (net.dem.motion.head[-1].weight, net.dgmd.out[-1].weight):
+        torch.nn.init.normal_(p, std=0.05)
+    with torch.no_grad():
+        whole = net(batch)
+    mp = np.zeros((7, 478, 2), np.float32)
+    mp[:, flame_model.mp_indices] = batch["lmk"][0, :, 68:].numpy()
+    sample = {"valid": np.ones(7, bool), "flow": batch["flow"][0].numpy(), "lmk_68": batch["lmk"][0, :, :68].numpy(),
+              "lmk_mp": mp, "intrinsics": batch["intrinsics"][0].numpy(), "align": batch["align"][0].numpy(),
+              **{k: batch[k][0].numpy() for k in ("fit_shape", "fit_expr", "fit_pose", "fit_trans")}}
+    out = refine_sample(net, sample, chunk=3)
+    np.testing.assert_allclose(out["vertices"], whole["vertices"][0].numpy(), atol=1e-6)
+    np.testing.assert_allclose(out["expr"], whole["expr"][0].numpy(), atol=1e-6)

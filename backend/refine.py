@@ -1,0 +1,50 @@
+"""Apply the trained network to one processed clip: the whole range as one window, onset first.
+
+Input is a clip in the training-sample layout (docs/learned_modules.md): the pipeline builds it
+for videos, the benchmarks read held-out samples from disk. The per-frame mesh deformation
+runs in chunks so long clips fit in memory.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .dem import window_times
+from .model import MicroFaceNet, landmark_points
+
+
+def refine_sample(net: MicroFaceNet, sample: dict, frame_indices: np.ndarray | None = None,
+                  chunk: int = 48) -> dict[str, np.ndarray]:
+    """Run DEM -> FLAME -> DGMD on every frame of ``sample``.
+
+    ``frame_indices`` (T,) source frame numbers set the time axis (default 0..T-1).
+    Returns float32 numpy: expr (T, n), vertices_init and vertices (T, V, 3) camera m, their head-space
+    twins, intensity and attention_region (T, R), with frame 0 the onset.
+    """
+    dev = next(net.parameters()).device
+    t_count = len(sample["valid"])
+    f = np.arange(t_count) if frame_indices is None else np.asarray(frame_indices)
+    as_t = lambda a: torch.as_tensor(np.asarray(a, np.float32), device=dev)  # noqa: E731
+    flow = as_t(sample["flow"])[None]
+    times = window_times(torch.as_tensor(f)).to(dev)
+    lmk = landmark_points(net.flame_model, as_t(sample["lmk_68"]), as_t(sample["lmk_mp"]))[None]
+    batch = {"fit_shape": as_t(sample["fit_shape"])[None], "fit_expr": as_t(sample["fit_expr"])[None],
+             "fit_pose": as_t(sample["fit_pose"])[None], "fit_trans": as_t(sample["fit_trans"])[None],
+             "flow": flow, "times": times, "intrinsics": as_t(sample["intrinsics"])[None],
+             "align": as_t(sample["align"])[None], "lmk": lmk}
+    net.eval()
+    with torch.no_grad():
+        expr = net(batch, expr_only=True)["expr"] if net.cfg.use_dem else batch["fit_expr"]
+        outs = []
+        flow_acc = torch.cat([torch.zeros_like(flow[:, :1]), flow.cumsum(1)], 1)
+        for s in range(0, t_count, chunk):
+            sl = slice(s, min(s + chunk, t_count))
+            part = {k: (v[:, sl] if k in ("fit_expr", "fit_pose", "fit_trans", "align", "lmk") else v)
+                    for k, v in batch.items()}
+            part["fit_expr"] = expr[:, sl]
+            part["flow_acc"] = flow_acc[:, sl]
+            outs.append(net(part, given_expr=True))
+    keys = ("vertices", "vertices_init", "vertices_head", "vertices_init_head", "intensity", "attention_region")
+    res = {k: torch.cat([o[k] for o in outs], 1)[0].cpu().numpy().astype(np.float32) for k in keys}
+    res["expr"] = expr[0].cpu().numpy().astype(np.float32)
+    return res

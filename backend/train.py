@@ -1,0 +1,276 @@
+"""Training: one reproducible, resumable command.
+
+    python -m backend.train --data DIR [DIR ...] [--real DIR] --steps N --out weights/microface.pt
+
+Synthetic windows (truth known) are supervised on the motion from the onset, for the final mesh
+and for the DEM's initial mesh, plus the paper's geometric terms (Eq. 24–27). Real windows (no
+truth) train with the self-supervised terms: flow reprojection, photometric consistency,
+landmarks, expression consistency with the static fit, and the geometric terms.
+
+Every ``--checkpoint-every`` steps the model, optimiser and random states are saved; rerunning the
+same command resumes from the checkpoint and gives the same result as an uninterrupted run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import pick_device
+from .dem import window_times
+from .flame import FlameModel, load_flame
+from .model import MicroFaceNet, ModelConfig, landmark_points, save_weights
+
+
+@dataclass
+class TrainConfig:
+    data: list[str] = field(default_factory=list)      # folders of synthetic clip_*.npz
+    real: list[str] = field(default_factory=list)      # folders of real_*.npz (self-supervised)
+    out: str = "weights/microface.pt"
+    checkpoint: str = "runs/microface.ckpt"
+    steps: int = 1500
+    batch: int = 4                  # the paper's batch size
+    window: int = 8                 # frames per window, as the paper samples onset..offset
+    lr: float = 1e-3                # the paper fine-tunes at 1e-4; from scratch on CPU we start higher
+    lr_final: float = 1e-5
+    real_every: int = 0             # every k-th step is a real self-supervised batch (0: none)
+    checkpoint_every: int = 100
+    seed: int = 0
+    device: str = "auto"
+    w_motion: float = 1.0           # mm, final mesh motion from onset
+    w_motion_init: float = 0.5      # mm, DEM mesh motion from onset
+    w_lap: float = 10.0
+    w_normal: float = 10.0
+    w_flow_guide: float = 0.1
+    w_geo: float = 1.0
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+
+def _load_dir(folder: str, pattern: str) -> list[dict]:
+    from .dataset import load_sample
+
+    paths = sorted(Path(folder).glob(pattern))
+    return [load_sample(p) for p in paths]
+
+
+class Windows:
+    """Samples held in memory, cut into windows of T frames at stride 1 or 2 (uniform in time)."""
+
+    def __init__(self, samples: list[dict], flame_model: FlameModel, layer, with_truth: bool):
+        from .dataset import gt_vertices
+
+        self.samples = samples
+        self.model = flame_model
+        if with_truth:
+            for s in samples:
+                with torch.no_grad():
+                    s["_gt_head"] = gt_vertices(s, layer)[1].astype(np.float32)
+
+    def batch(self, rng: np.random.Generator, b: int, t: int, device: torch.device) -> dict[str, torch.Tensor]:
+        picks = rng.integers(0, len(self.samples), b)
+        n_min = min(len(self.samples[i]["valid"]) for i in picks)
+        strides = [s for s in (1, 2) if (t - 1) * s + 1 <= n_min] or [1]
+        stride = int(rng.choice(strides))
+        t = min(t, n_min)
+        out: dict[str, list] = {k: [] for k in ("fit_shape", "fit_expr", "fit_pose", "fit_trans", "flow",
+                                                "intrinsics", "align", "lmk", "crops", "gt_head")}
+        for i in picks:
+            s = self.samples[i]
+            n = len(s["valid"])
+            a = int(rng.integers(0, n - (t - 1) * stride))
+            idx = a + stride * np.arange(t)
+            flow = s["flow"].astype(np.float32)
+            out["flow"].append(np.stack([flow[idx[k]:idx[k + 1]].sum(0) for k in range(t - 1)]))
+            out["fit_shape"].append(s["fit_shape"])
+            for k in ("fit_expr", "fit_pose", "fit_trans", "align"):
+                out[k].append(s[k][idx])
+            out["intrinsics"].append(s["intrinsics"])
+            out["lmk"].append(landmark_points(self.model, torch.as_tensor(s["lmk_68"][idx]),
+                                              torch.as_tensor(s["lmk_mp"][idx])).numpy())
+            out["crops"].append(s["crops"][idx])
+            if "_gt_head" in s:
+                out["gt_head"].append(s["_gt_head"][idx])
+        batch = {k: torch.as_tensor(np.stack(v)).to(device) for k, v in out.items() if v}
+        batch["crops"] = batch["crops"].float() / 255.0
+        batch["times"] = window_times(torch.arange(t) * stride).to(device)
+        return batch
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def supervised_terms(net: MicroFaceNet, out: dict, batch: dict, face: torch.Tensor, lap: torch.Tensor) -> dict:
+    from . import losses
+
+    return {
+        "motion": losses.motion_loss(out["vertices_head"], batch["gt_head"], 0, face),
+        "motion_init": losses.motion_loss(out["vertices_init_head"], batch["gt_head"], 0, face),
+        **geometric_terms(net, out, lap),
+    }
+
+
+def geometric_terms(net: MicroFaceNet, out: dict, lap: torch.Tensor) -> dict:
+    from . import losses
+
+    if not net.cfg.use_dgmd:
+        return {}
+    return {
+        "lap": losses.laplacian_loss(out["delta_head"], lap),
+        "normal": losses.normal_consistency_loss(out["vertices_head"], out["vertices_init_head"], net.flame.faces),
+        "flow_guide": losses.flow_guided_loss(out["delta_head"], out["attention"]),
+    }
+
+
+def self_supervised_terms(net: MicroFaceNet, out: dict, batch: dict, lap: torch.Tensor, gram: torch.Tensor) -> dict:
+    from . import losses
+    from .camera import project
+
+    v = out["vertices"]
+    b, t, nv, _ = v.shape
+    faces = net.flame_model.faces
+    vis = torch.stack([torch.as_tensor(losses.vertex_visibility(v[i].detach(), faces, batch["intrinsics"][i].cpu(),
+                                                                4096, 4096)) for i in range(b)]).to(v)
+    lm = torch.cat([net.flame.landmarks68(v.reshape(b * t, nv, 3)), net.flame.landmarks_mp(v.reshape(b * t, nv, 3))], 1)
+    lm_px = project(lm, batch["intrinsics"].repeat_interleave(t, 0)).view(b, t, -1, 2)
+    flow_acc = batch["flow"].cumsum(1)
+    return {
+        "flow": losses.flow_reprojection_loss(v, batch["intrinsics"], batch["align"], batch["flow"], vis),
+        "flow_acc": losses.flow_reprojection_loss(v, batch["intrinsics"], batch["align"], flow_acc, vis,
+                                                  accumulated=True),
+        "photo": losses.photometric_loss(v, batch["intrinsics"], batch["align"], batch["crops"], vis),
+        "lmk": losses.landmark_loss(lm_px, batch["lmk"]),
+        "exp": losses.expression_consistency_loss(out["expr"], batch["fit_expr"], gram),
+        **geometric_terms(net, out, lap),
+    }
+
+
+def train(cfg: TrainConfig, log=print) -> Path:
+    from . import losses
+
+    device = torch.device(pick_device(cfg.device))
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    flame_model = load_flame()
+    net = MicroFaceNet(flame_model, cfg.model).to(device)
+    synth = Windows([s for d in cfg.data for s in _load_dir(d, "clip_*.npz")], flame_model, net.flame, True)
+    real = Windows([s for d in cfg.real for s in _load_dir(d, "real_*.npz")], flame_model, net.flame, False) \
+        if cfg.real and cfg.real_every else None
+    if not synth.samples:
+        raise SystemExit(f"no training samples (clip_*.npz) in {cfg.data}")
+    face = torch.as_tensor(flame_model.region_labels >= 0, device=device)
+    lap = losses.laplacian_matrix(flame_model.faces, len(flame_model.v_template), verts=flame_model.v_template).to(device)
+    gram = losses.expression_gram(flame_model, device=device)
+    weights = {**losses.LossWeights().as_dict(), "motion": cfg.w_motion, "motion_init": cfg.w_motion_init,
+               "lap": cfg.w_lap, "normal": cfg.w_normal, "flow_guide": cfg.w_flow_guide, "geo": cfg.w_geo}
+    params = [p for n, p in net.named_parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps, eta_min=cfg.lr_final)
+    start = 0
+    ckpt = Path(cfg.checkpoint)
+    if ckpt.exists():
+        state = torch.load(ckpt, map_location=device, weights_only=True)
+        net.load_state_dict(state["model"], strict=False)
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        rng.bit_generator.state = json.loads(state["numpy_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        start = int(state["step"])
+        log(json.dumps({"event": "resume", "step": start}))
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    history = []
+    net.train()
+    for step in range(start, cfg.steps):
+        t0 = time.perf_counter()
+        is_real = real is not None and cfg.real_every and step % cfg.real_every == cfg.real_every - 1
+        src = real if is_real else synth
+        batch = src.batch(rng, cfg.batch, cfg.window, device)
+        out = net(batch)
+        terms = self_supervised_terms(net, out, batch, lap, gram) if is_real else \
+            supervised_terms(net, out, batch, face, lap)
+        loss, logd = losses.total_loss(terms, weights)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 5.0)
+        opt.step()
+        sched.step()
+        history.append(logd)
+        if step % 10 == 0 or step == cfg.steps - 1:
+            log(json.dumps({"event": "step", "step": step, "kind": "real" if is_real else "synthetic",
+                            "lr": sched.get_last_lr()[0], "seconds": round(time.perf_counter() - t0, 3),
+                            **{k: round(v, 5) for k, v in logd.items()}}))
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            state = {"model": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                     "numpy_rng": json.dumps(rng.bit_generator.state), "torch_rng": torch.get_rng_state(),
+                     "step": step + 1}
+            fd, tmp = tempfile.mkstemp(dir=ckpt.parent, suffix=".ckpt")
+            os.close(fd)
+            torch.save(state, tmp)
+            os.replace(tmp, ckpt)
+    out_path = Path(cfg.out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tail = history[-50:]
+    provenance = {
+        "command": "python -m backend.train " + " ".join(sys.argv[1:]),
+        "commit": _git_commit(),
+        "seed": cfg.seed,
+        "train_config": {k: v for k, v in asdict(cfg).items() if k != "model"},
+        "data": {"synthetic_clips": len(synth.samples), "real_windows": len(real.samples) if real else 0,
+                 "recipe": "backend.dataset make_synthetic_sample (docs/learned_modules.md)"},
+        "head_model": flame_model.model_id,
+        "final_losses": {k: float(np.mean([h[k] for h in tail if k in h])) for k in tail[-1]},
+    }
+    save_weights(net.cpu(), out_path, provenance)
+    log(json.dumps({"event": "done", "weights": str(out_path)}))
+    return out_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m backend.train", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", nargs="+", required=True, help="folders of synthetic samples (clip_*.npz)")
+    ap.add_argument("--real", nargs="*", default=[], help="folders of real windows (real_*.npz)")
+    ap.add_argument("--real-every", type=int, default=0)
+    ap.add_argument("--out", default=TrainConfig.out)
+    ap.add_argument("--checkpoint", default=TrainConfig.checkpoint)
+    ap.add_argument("--steps", type=int, default=TrainConfig.steps)
+    ap.add_argument("--lr", type=float, default=TrainConfig.lr)
+    ap.add_argument("--seed", type=int, default=TrainConfig.seed)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--no-dem", action="store_true", help="ablation: initial meshes from the static fit")
+    ap.add_argument("--no-dgmd", action="store_true", help="ablation: no mesh deformation")
+    ap.add_argument("--no-geometry", action="store_true")
+    ap.add_argument("--no-landmarks", action="store_true")
+    ap.add_argument("--no-motion", action="store_true")
+    ap.add_argument("--no-geo-loss", action="store_true")
+    ap.add_argument("--no-lap", action="store_true")
+    ap.add_argument("--no-normal", action="store_true")
+    ap.add_argument("--no-flow-guide", action="store_true")
+    a = ap.parse_args(argv)
+    mc = ModelConfig(use_dem=not a.no_dem, use_dgmd=not a.no_dgmd)
+    mc.dgmd.use_geometry, mc.dgmd.use_landmarks, mc.dgmd.use_motion = not a.no_geometry, not a.no_landmarks, not a.no_motion
+    cfg = TrainConfig(data=a.data, real=a.real, real_every=a.real_every, out=a.out, checkpoint=a.checkpoint,
+                      steps=a.steps, lr=a.lr, seed=a.seed, device=a.device, model=mc)
+    if a.no_geo_loss:
+        cfg.w_geo = 0.0
+    cfg.w_lap *= not a.no_lap
+    cfg.w_normal *= not a.no_normal
+    cfg.w_flow_guide *= not a.no_flow_guide
+    train(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
