@@ -31,6 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
     r.add_argument("--flame", help="FLAME .pkl (else $MICROFACE_FLAME, else the development default)")
     r.add_argument("--assets", help="folder with FLAME_masks.pkl and the landmark embeddings (else $MICROFACE_ASSETS)")
+    r.add_argument("--weights", help="trained network (else $MICROFACE_WEIGHTS, else the shipped weights/microface.pt)")
+    r.add_argument("--no-refine", action="store_true",
+                   help="skip the learned modules: the static landmark fit only (the tracking baseline)")
     r.add_argument("--fan", help="FAN 68-point weights (2DFAN4 .zip) or their folder (else $MICROFACE_FAN_DIR, "
                    "else torch's hub cache; without them the 68 points come from the fitted mesh)")
     r.add_argument("--face-index", type=int, help="which face when several are visible: 0 = largest (default)")
@@ -71,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         from .config import ReconstructConfig
         from .pipeline import reconstruct
 
-        cfg = ReconstructConfig(device=args.device, flame=args.flame, assets=args.assets)
+        cfg = ReconstructConfig(device=args.device, flame=args.flame, assets=args.assets, weights=args.weights,
+                                refine=not args.no_refine)
         cfg.video.start, cfg.video.end, cfg.video.fps = args.start, args.end, args.fps
         cfg.landmarks.face_index = args.face_index
         cfg.landmarks.fan = args.fan

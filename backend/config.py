@@ -14,6 +14,7 @@ from pathlib import Path
 from .errors import MicroFaceError
 
 _DEV_ASSETS = Path(__file__).resolve().parent.parent.parent / "shared" / "assets" / "flame"
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"   # the shipped network
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,9 @@ ASSETS = {
     "lmk_mediapipe": Asset("MediaPipe landmark embedding", "MICROFACE_LMK_MEDIAPIPE", ("mediapipe_landmark_embedding.npz",), _COMPANIONS),
     "uv_template": Asset("UV template", "MICROFACE_UV_TEMPLATE", ("head_template.obj",),
                          "set MICROFACE_UV_TEMPLATE to FLAME's head_template.obj (the template with UVs)"),
+    "weights": Asset("network weights", "MICROFACE_WEIGHTS", ("microface.pt",),
+                     "pass --weights PATH or set MICROFACE_WEIGHTS to the trained network (MicroFace ships "
+                     "weights/microface.pt; python -m backend.train makes new ones)"),
     "fan": Asset("FAN weights", "MICROFACE_FAN_DIR", ("2DFAN4-cd938726ad.zip", "2DFAN4_1.6-c827573f02.zip", "2DFAN4_1.5-a60332318a.zip"),
                  "pass --fan PATH or set MICROFACE_FAN_DIR to face-alignment's 2DFAN4 weights (or their folder)"),
 }
@@ -158,6 +162,8 @@ class ReconstructConfig:
     device: str = "auto"
     flame: str | None = None
     assets: str | None = None
+    weights: str | None = None      # the trained DEM + DGMD network; None = the shipped one
+    refine: bool = True             # False: the static fit only (the tracking baseline)
 
 
 def pick_device(name: str = "auto") -> str:

@@ -69,3 +69,10 @@ def tvl1_flow(crops: np.ndarray, cfg: FlowConfig | None = None, progress: Progre
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
     return out
+
+
+def pool_flow(flow: np.ndarray, factor: int = 2) -> np.ndarray:
+    """Average ``factor``×``factor`` blocks: (P, S, S, 2) -> (P, S/f, S/f, 2), values still in crop
+    pixels of the full crop. The learned network reads flow at 112 for a 224 crop."""
+    p, h, w, c = flow.shape
+    return flow.reshape(p, h // factor, factor, w // factor, factor, c).mean((2, 4))

@@ -49,7 +49,12 @@ class MicroFaceNet(nn.Module):
         self.flame = FlameLayer(model)
         for b in self.flame.buffers():
             b.requires_grad_(False)
-        self.dem = DynamicEncodedModule(model.n_expr, width=cfg.dem_width, latent=cfg.dem_latent)
+        # ψ is the expression plus the jaw rotation: FLAME moves the mouth with both, and a jaw left to the
+        # per-frame landmark fit invents most of the motion (0.01 rad of noise = 0.8 mm at the chin).
+        self.jaw = slice(3 * model.joint_names.index("jaw"), 3 * model.joint_names.index("jaw") + 3) \
+            if "jaw" in model.joint_names else slice(0, 0)
+        self.n_psi = model.n_expr + (self.jaw.stop - self.jaw.start)
+        self.dem = DynamicEncodedModule(self.n_psi, width=cfg.dem_width, latent=cfg.dem_latent)
         self.dgmd = DynamicGuidedDeformation(model, cfg.dgmd)
 
     def _flame(self, shape: torch.Tensor, expr: torch.Tensor, pose: torch.Tensor, trans: torch.Tensor):
@@ -68,24 +73,32 @@ class MicroFaceNet(nn.Module):
         flow (B, T-1, S, S, 2) pair flow in 224-crop px, times (T,) in [0, 1], intrinsics (B, 3),
         align (B, T, 2, 3), lmk (B, T, K, 2) FAN-68 ⊕ embedded MediaPipe points in source px.
 
-        Returns expr (B, T, n); vertices_init / vertices (B, T, V, 3) camera m; head-space versions;
+        Returns expr (B, T, n) and pose (B, T, 3J) (the jaw from the DEM); vertices_init / vertices (B, T, V, 3) camera m; head-space versions;
         delta_head (B, T, V, 3); attention (B, T, V); intensity and attention_region (B, T, R); dpsi.
 
         For long clips (backend/refine.py): ``expr_only`` runs the DEM alone; ``given_expr`` takes
         ``fit_expr`` as the final expressions and ``flow_acc`` (B, T, S, S, 2) as the onset-to-t flow,
         so FLAME and the DGMD can run on a chunk of frames.
         """
-        fit_expr = batch["fit_expr"]
+        fit_expr, fit_pose = batch["fit_expr"], batch["fit_pose"]
         b, t, n = fit_expr.shape
-        if self.cfg.use_dem and not given_expr:
-            expr, dpsi = self.dem(fit_expr[:, 0], batch["flow"], batch["times"])
+        if given_expr:       # fit_expr and the jaw in fit_pose already hold the DEM's output
+            psi = torch.cat([fit_expr, fit_pose[..., self.jaw]], -1)
+            dpsi = psi.new_zeros(b, max(t - 1, 0), psi.shape[-1])
+        elif self.cfg.use_dem:
+            psi1 = torch.cat([fit_expr[:, 0], fit_pose[:, 0, self.jaw]], -1)
+            psi, dpsi = self.dem(psi1, batch["flow"], batch["times"])
         else:
-            expr, dpsi = fit_expr, fit_expr.new_zeros(b, max(t - 1, 0), n)
+            psi = torch.cat([fit_expr, fit_pose[..., self.jaw]], -1)
+            dpsi = psi.new_zeros(b, max(t - 1, 0), psi.shape[-1])
+        expr = psi[..., :n]
+        pose = fit_pose.clone()
+        pose[..., self.jaw] = psi[..., n:]
         if expr_only:
-            return {"expr": expr, "dpsi": dpsi}
-        v_cam, v_head = self._flame(batch["fit_shape"], expr, batch["fit_pose"], batch["fit_trans"])
+            return {"expr": expr, "pose": pose, "dpsi": dpsi}
+        v_cam, v_head = self._flame(batch["fit_shape"], expr, pose, batch["fit_trans"])
         nv = v_cam.shape[1]
-        out = {"expr": expr, "dpsi": dpsi,
+        out = {"expr": expr, "pose": pose, "dpsi": dpsi,
                "vertices_init": v_cam.view(b, t, nv, 3), "vertices_init_head": v_head.view(b, t, nv, 3)}
         if not self.cfg.use_dgmd:
             zeros_r = v_cam.new_zeros(b, t, len(self.flame_model.region_names))
@@ -97,7 +110,7 @@ class MicroFaceNet(nn.Module):
         if flow_acc is None:
             flow = batch["flow"]
             flow_acc = torch.cat([torch.zeros_like(flow[:, :1]), flow.cumsum(1)], 1)   # onset -> t
-        rot = axis_angle_to_matrix(batch["fit_pose"][..., :3]).reshape(b * t, 3, 3)
+        rot = axis_angle_to_matrix(pose[..., :3]).reshape(b * t, 3, 3)
         lmk_ref = torch.cat([self.flame.landmarks68(v_cam), self.flame.landmarks_mp(v_cam)], 1)
         intr = batch["intrinsics"][:, None].expand(b, t, 3).reshape(b * t, 3)
         d = self.dgmd(v_head, v_cam, rot, batch["lmk"].reshape(b * t, -1, 2), lmk_ref, intr,

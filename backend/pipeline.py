@@ -64,8 +64,14 @@ def region_centroids_px(vertices: np.ndarray, labels: np.ndarray, n_regions: int
     return out
 
 
+def _file_sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def region_attention(flow: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Eq. 18–20 on pair flows: (P, S, S, 2) crop px and centroids (P, R, 2) crop px -> intensity, attention (P, R)."""
+    """Eq. 18–20: flow (P, S, S, 2) crop px and centroids (P, R, 2) crop px -> intensity, attention (P, R)."""
     import torch
 
     from .dgmd import attention_weights, region_flow_intensity
@@ -119,21 +125,37 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
     fit = timed("fit", fit_sequence, model, lms.mp[..., :2], lms.valid, (clip.width, clip.height), clip.fps,
                 cfg.fit, anchor=0, lmk68=lms.lmk68, device=device, progress=progress)
 
-    # Per-region flow (Eq. 18) at each region's projected centroid (Eq. 12), in crop pixels.
+    lmk68 = lms.lmk68 if lms.lmk68 is not None else fit.landmarks_68
+    vertices, vertices_init, expr, pose = fit.vertices, fit.vertices, fit.expr, fit.pose
+    weights_info = None
+    if cfg.refine:
+        from .config import WEIGHTS_DIR, resolve_asset
+        from .flow import pool_flow
+        from .model import load_weights
+        from .refine import refine_sample
+
+        wpath = resolve_asset("weights", cfg.weights, folders=(WEIGHTS_DIR,))
+        net = load_weights(wpath, model, device)
+        sample = {"valid": lms.valid, "flow": pool_flow(flow), "lmk_68": lmk68, "lmk_mp": lms.mp[..., :2],
+                  "fit_shape": fit.shape, "fit_expr": fit.expr, "fit_pose": fit.pose, "fit_trans": fit.trans,
+                  "intrinsics": fit.intrinsics, "align": alignment.transforms}
+        refined = timed("refine", refine_sample, net, sample, clip.frame_indices)
+        vertices, vertices_init = refined["vertices"], refined["vertices_init"]
+        expr, pose = refined["expr"], refined["pose"]
+        weights_info = {"path": str(wpath), "id": f"{wpath.name}@sha256:{_file_sha256(wpath)[:16]}"}
+
+    # Per-region intensity of the flow accumulated from the onset (Eq. 18) at each region's
+    # projected centroid (Eq. 12), and its attention (Eq. 19-20): what the mesh deformation reads.
     from .align import to_crop
 
-    cent = region_centroids_px(fit.vertices, model.region_labels, len(model.region_names), fit.intrinsics)
-    cent_crop = to_crop(cent, alignment.transforms)
-    t_count = clip.frames.shape[0]
-    region_flow = np.zeros((t_count, len(model.region_names)), np.float32)
-    attention = np.zeros_like(region_flow)
-    region_flow[1:], attention[1:] = region_attention(flow, cent_crop[:-1])
+    cent = region_centroids_px(vertices, model.region_labels, len(model.region_names), fit.intrinsics)
+    flow_acc = np.concatenate([np.zeros_like(flow[:1]), np.cumsum(flow, 0)])
+    region_flow, attention = region_attention(flow_acc, to_crop(cent, alignment.transforms))
 
     warnings = []
     if lms.interpolated.any():
         warnings.append(f"no usable face in source frames {_runs(lms.interpolated, clip.frame_indices)}: "
                         "landmarks there are interpolated and the fit is carried by its temporal prior")
-    lmk68 = lms.lmk68 if lms.lmk68 is not None else fit.landmarks_68
 
     # Everything below is in source-video pixels: undo any decode downscale.
     inv = 1.0 / clip.scale
@@ -161,15 +183,16 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
         "device": device,
         "timings": timings,
         "warnings": warnings,
-        "refined": False,
+        "refined": bool(cfg.refine),
+        "weights": weights_info,
         "units": {"length": "m", "angles": "rad axis-angle", "pixels": "source"},
     }
     result = Result(
-        vertices=fit.vertices, vertices_init=fit.vertices, faces=model.faces.astype(np.int32),
-        shape=fit.shape.astype(np.float32), expr=fit.expr.astype(np.float32), pose=fit.pose.astype(np.float32),
+        vertices=vertices, vertices_init=vertices_init, faces=model.faces.astype(np.int32),
+        shape=fit.shape.astype(np.float32), expr=expr.astype(np.float32), pose=pose.astype(np.float32),
         trans=fit.trans.astype(np.float32), intrinsics=intr.astype(np.float32),
         image_size=np.array([src_w, src_h], np.int32), frame_indices=clip.frame_indices.astype(np.int64),
-        region_flow=region_flow, attention=attention,
+        region_flow=region_flow.astype(np.float32), attention=attention.astype(np.float32),
         landmarks_mp=(lms.mp[..., :2] * inv).astype(np.float32), landmarks_68=(lmk68 * inv).astype(np.float32),
         valid=lms.valid.astype(bool), interpolated=lms.interpolated.astype(bool),
         align_transforms=align_src.astype(np.float32), fit_error_px=(fit.reproj_px * inv).astype(np.float32),

@@ -18,7 +18,7 @@ def refine_sample(net: MicroFaceNet, sample: dict, frame_indices: np.ndarray | N
     """Run DEM -> FLAME -> DGMD on every frame of ``sample``.
 
     ``frame_indices`` (T,) source frame numbers set the time axis (default 0..T-1).
-    Returns float32 numpy: expr (T, n), vertices_init and vertices (T, V, 3) camera m, their head-space
+    Returns float32 numpy: expr (T, n), pose (T, 3J) (its jaw from the DEM), vertices_init and vertices (T, V, 3) camera m, their head-space
     twins, intensity and attention_region (T, R), with frame 0 the onset.
     """
     dev = next(net.parameters()).device
@@ -34,17 +34,19 @@ def refine_sample(net: MicroFaceNet, sample: dict, frame_indices: np.ndarray | N
              "align": as_t(sample["align"])[None], "lmk": lmk}
     net.eval()
     with torch.no_grad():
-        expr = net(batch, expr_only=True)["expr"] if net.cfg.use_dem else batch["fit_expr"]
+        dem = net(batch, expr_only=True)
+        expr, pose = dem["expr"], dem["pose"]
         outs = []
         flow_acc = torch.cat([torch.zeros_like(flow[:, :1]), flow.cumsum(1)], 1)
         for s in range(0, t_count, chunk):
             sl = slice(s, min(s + chunk, t_count))
             part = {k: (v[:, sl] if k in ("fit_expr", "fit_pose", "fit_trans", "align", "lmk") else v)
                     for k, v in batch.items()}
-            part["fit_expr"] = expr[:, sl]
+            part["fit_expr"], part["fit_pose"] = expr[:, sl], pose[:, sl]
             part["flow_acc"] = flow_acc[:, sl]
             outs.append(net(part, given_expr=True))
     keys = ("vertices", "vertices_init", "vertices_head", "vertices_init_head", "intensity", "attention_region")
     res = {k: torch.cat([o[k] for o in outs], 1)[0].cpu().numpy().astype(np.float32) for k in keys}
     res["expr"] = expr[0].cpu().numpy().astype(np.float32)
+    res["pose"] = pose[0].cpu().numpy().astype(np.float32)
     return res

@@ -93,12 +93,12 @@ def test_ode_fusion_is_the_identity_without_motion():
 
 def test_dem_shapes_gradients_and_zero_flow(flame_model):
     torch.manual_seed(0)
-    dem = DynamicEncodedModule(flame_model.n_expr)
+    dem = DynamicEncodedModule(flame_model.n_expr + 3)
     torch.nn.init.normal_(dem.motion.head[-1].weight, std=0.05)
-    psi1 = torch.rand(2, flame_model.n_expr)
+    psi1 = torch.rand(2, flame_model.n_expr + 3)
     flow = torch.randn(2, 5, 112, 112, 2, requires_grad=True)
     psi, dpsi = dem(psi1, flow, window_times(torch.arange(6) * 2))
-    assert psi.shape == (2, 6, flame_model.n_expr) and dpsi.shape == (2, 5, flame_model.n_expr)
+    assert psi.shape == (2, 6, flame_model.n_expr + 3) and dpsi.shape == (2, 5, flame_model.n_expr + 3)
     psi.sum().backward()
     assert flow.grad.abs().sum() > 0
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in dem.parameters())
