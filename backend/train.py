@@ -35,6 +35,7 @@ from .model import MicroFaceNet, ModelConfig, landmark_points, save_weights
 class TrainConfig:
     data: list[str] = field(default_factory=list)      # folders of synthetic clip_*.npz
     real: list[str] = field(default_factory=list)      # folders of real_*.npz (self-supervised)
+    seeds: tuple[int, int] | None = None                # only synthetic seeds in [lo, hi): a fixed set
     out: str = "weights/microface.pt"
     checkpoint: str = "runs/microface.ckpt"
     steps: int = 1500
@@ -55,10 +56,13 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
 
 
-def _load_dir(folder: str, pattern: str) -> list[dict]:
+def _load_dir(folder: str, pattern: str, seeds: tuple[int, int] | None = None) -> list[dict]:
+    """Samples in ``folder``; with ``seeds`` (lo, hi) only synthetic clips whose seed is in [lo, hi)."""
     from .dataset import load_sample
 
     paths = sorted(Path(folder).glob(pattern))
+    if seeds is not None:
+        paths = [p for p in paths if seeds[0] <= int(p.stem.split("_")[-1]) < seeds[1]]
     return [load_sample(p) for p in paths]
 
 
@@ -114,13 +118,27 @@ def _git_commit() -> str:
 
 
 def supervised_terms(net: MicroFaceNet, out: dict, batch: dict, face: torch.Tensor, lap: torch.Tensor) -> dict:
-    from . import losses
-
+    gt = batch["gt_head"]
+    moving = ((gt - gt[:, :1]).norm(dim=-1) > MOVING_MM / 1000.0) & face          # (B, T, V) from the truth
     return {
-        "motion": losses.motion_loss(out["vertices_head"], batch["gt_head"], 0, face),
-        "motion_init": losses.motion_loss(out["vertices_init_head"], batch["gt_head"], 0, face),
+        "motion": _split_motion_loss(out["vertices_head"], gt, moving, face),
+        "motion_init": _split_motion_loss(out["vertices_init_head"], gt, moving, face),
         **geometric_terms(net, out, lap),
     }
+
+
+MOVING_MM = 0.02  # a face vertex moving more than this from the onset counts as moving
+
+
+def _split_motion_loss(pred: torch.Tensor, gt: torch.Tensor, moving: torch.Tensor, face: torch.Tensor) -> torch.Tensor:
+    """Motion error from the onset, mm: the mean over moving vertices plus the mean over still ones.
+
+    A micro-expression moves a few percent of the face; averaged together, the moving vertices
+    would hardly weigh against the still ones and the network would learn to stay still.
+    """
+    err = ((pred - pred[:, :1]) - (gt - gt[:, :1])).norm(dim=-1) * 1000.0         # (B, T, V)
+    still = face & ~moving
+    return (err * moving).sum() / moving.sum().clamp_min(1) + (err * still).sum() / still.sum().clamp_min(1)
 
 
 def geometric_terms(net: MicroFaceNet, out: dict, lap: torch.Tensor) -> dict:
@@ -133,6 +151,11 @@ def geometric_terms(net: MicroFaceNet, out: dict, lap: torch.Tensor) -> dict:
         "normal": losses.normal_consistency_loss(out["vertices_head"], out["vertices_init_head"], net.flame.faces),
         "flow_guide": losses.flow_guided_loss(out["delta_head"], out["attention"]),
     }
+
+
+def face_scale_px(lmk: torch.Tensor) -> torch.Tensor:
+    """Outer eye corners apart (iBUG 36, 45), median over frames: (B, T, K, 2) -> (B,) pixels."""
+    return (lmk[:, :, 36] - lmk[:, :, 45]).norm(dim=-1).median(1).values
 
 
 def self_supervised_terms(net: MicroFaceNet, out: dict, batch: dict, lap: torch.Tensor, gram: torch.Tensor) -> dict:
@@ -152,7 +175,7 @@ def self_supervised_terms(net: MicroFaceNet, out: dict, batch: dict, lap: torch.
         "flow_acc": losses.flow_reprojection_loss(v, batch["intrinsics"], batch["align"], flow_acc, vis,
                                                   accumulated=True),
         "photo": losses.photometric_loss(v, batch["intrinsics"], batch["align"], batch["crops"], vis),
-        "lmk": losses.landmark_loss(lm_px, batch["lmk"]),
+        "lmk": losses.landmark_loss(lm_px, batch["lmk"], scale_px=face_scale_px(batch["lmk"])),
         "exp": losses.expression_consistency_loss(out["expr"], batch["fit_expr"], gram),
         **geometric_terms(net, out, lap),
     }
@@ -166,7 +189,7 @@ def train(cfg: TrainConfig, log=print) -> Path:
     rng = np.random.default_rng(cfg.seed)
     flame_model = load_flame()
     net = MicroFaceNet(flame_model, cfg.model).to(device)
-    synth = Windows([s for d in cfg.data for s in _load_dir(d, "clip_*.npz")], flame_model, net.flame, True)
+    synth = Windows([s for d in cfg.data for s in _load_dir(d, "clip_*.npz", cfg.seeds)], flame_model, net.flame, True)
     real = Windows([s for d in cfg.real for s in _load_dir(d, "real_*.npz")], flame_model, net.flame, False) \
         if cfg.real and cfg.real_every else None
     if not synth.samples:
@@ -228,7 +251,7 @@ def train(cfg: TrainConfig, log=print) -> Path:
         "commit": _git_commit(),
         "seed": cfg.seed,
         "train_config": {k: v for k, v in asdict(cfg).items() if k != "model"},
-        "data": {"synthetic_clips": len(synth.samples), "real_windows": len(real.samples) if real else 0,
+        "data": {"synthetic_clips": len(synth.samples), "synthetic_seeds": sorted(int(s["meta"]["seed"]) for s in synth.samples), "real_windows": len(real.samples) if real else 0,
                  "recipe": "backend.dataset make_synthetic_sample (docs/learned_modules.md)"},
         "head_model": flame_model.model_id,
         "final_losses": {k: float(np.mean([h[k] for h in tail if k in h])) for k in tail[-1]},
@@ -242,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m backend.train", description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", nargs="+", required=True, help="folders of synthetic samples (clip_*.npz)")
     ap.add_argument("--real", nargs="*", default=[], help="folders of real windows (real_*.npz)")
+    ap.add_argument("--seeds", help="LO:HI, only synthetic clips with seeds in [LO, HI)")
     ap.add_argument("--real-every", type=int, default=0)
     ap.add_argument("--out", default=TrainConfig.out)
     ap.add_argument("--checkpoint", default=TrainConfig.checkpoint)
@@ -261,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     mc = ModelConfig(use_dem=not a.no_dem, use_dgmd=not a.no_dgmd)
     mc.dgmd.use_geometry, mc.dgmd.use_landmarks, mc.dgmd.use_motion = not a.no_geometry, not a.no_landmarks, not a.no_motion
-    cfg = TrainConfig(data=a.data, real=a.real, real_every=a.real_every, out=a.out, checkpoint=a.checkpoint,
+    seeds = tuple(int(x) for x in a.seeds.split(":")) if a.seeds else None
+    cfg = TrainConfig(data=a.data, real=a.real, seeds=seeds, real_every=a.real_every, out=a.out, checkpoint=a.checkpoint,
                       steps=a.steps, lr=a.lr, seed=a.seed, device=a.device, model=mc)
     if a.no_geo_loss:
         cfg.w_geo = 0.0
