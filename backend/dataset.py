@@ -184,53 +184,24 @@ def default_config() -> ReconstructConfig:
 
 
 def _frontend(clip, lms, model, cfg: ReconstructConfig) -> dict:
-    """Alignment, flow and fit on a decoded clip whose landmarks are known; arrays of the sample
-    format (source pixels) plus ``info`` (a dict: timings in s, landmark source, fit error)."""
+    """The pipeline's own alignment, flow and fit on a decoded clip whose landmarks are known:
+    arrays of the sample format (source pixels) plus ``info`` (timings in s, landmark source, fit error)."""
     import cv2
 
-    from .align import align_faces
-    from .fit import fit_sequence
-    from .flow import pool_flow, tvl1_flow
+    from .pipeline import network_inputs, run_frontend
 
-    timings = {}
-    t0 = time.perf_counter()
-    alignment = align_faces(clip, lms, cfg.align)
-    t1 = time.perf_counter()
-    flow = tvl1_flow(alignment.crops, cfg.flow)
-    t2 = time.perf_counter()
-    fit = fit_sequence(model, lms.mp[..., :2], lms.valid, (clip.width, clip.height), clip.fps, cfg.fit,
-                       anchor=0, lmk68=lms.lmk68, device=cfg.device)
-    t3 = time.perf_counter()
-    timings.update(align=t1 - t0, flow=t2 - t1, fit=t3 - t2)
-
-    size = alignment.size
-    half = size // 2
+    timings: dict[str, float] = {}
+    fe = run_frontend(clip, lms, model, cfg, cfg.device, timings=timings)
+    size = fe.alignment.size
     if size % 2:
         raise MicroFaceError(f"crop size {size} must be even to halve it for storage")
-    crops = np.stack([cv2.resize(c, (half, half), interpolation=cv2.INTER_AREA) for c in alignment.crops])
-    pooled = pool_flow(flow, 2)   # 2x2 mean, values still in 224-crop pixels (as the network reads it)
-
-    # As the pipeline: everything in source pixels, undoing a decode downscale.
-    inv = 1.0 / clip.scale
-    align_src = alignment.transforms.astype(np.float64).copy()
-    align_src[:, :, :2] *= clip.scale
-    lmk68 = lms.lmk68 if lms.lmk68 is not None else fit.landmarks_68
-    arrays = {
-        "crops": crops.astype(np.uint8),
-        "flow": pooled.astype(np.float16),
-        "align": align_src.astype(np.float32),
-        "intrinsics": (fit.intrinsics.astype(np.float64) * inv).astype(np.float32),
-        "image_size": np.array(clip.source_size, np.int32),
-        "lmk_mp": (lms.mp[..., :2] * inv).astype(np.float32),
-        "lmk_68": (np.asarray(lmk68) * inv).astype(np.float32),
-        "valid": lms.valid.astype(bool),
-        "fit_shape": fit.shape.astype(np.float32),
-        "fit_expr": fit.expr.astype(np.float32),
-        "fit_pose": fit.pose.astype(np.float32),
-        "fit_trans": fit.trans.astype(np.float32),
-    }
+    half = size // 2
+    arrays = network_inputs(fe)
+    arrays["crops"] = np.stack([cv2.resize(c, (half, half), interpolation=cv2.INTER_AREA)
+                                for c in fe.alignment.crops]).astype(np.uint8)
+    arrays["flow"] = arrays["flow"].astype(np.float16)
     info = {"timings": timings, "landmarks_68_source": lms.lmk68_source,
-            "fit_reproj_px": float(np.median(fit.reproj_px) * inv), "head_model": model.model_id}
+            "fit_reproj_px": float(np.median(fe.fit.reproj_px) / clip.scale), "head_model": model.model_id}
     return {**arrays, "info": info}
 
 

@@ -98,3 +98,30 @@ def micro_metrics(pred_cam: np.ndarray, gt_cam: np.ndarray, pred_head: np.ndarra
         invented_still_mm=float(err[:, still].mean()), jitter_pre_onset_mm=jitter,
         region_accuracy=float((called == truth).mean()),
     )
+
+
+def compare_methods(sample: dict, flame_model, layer, nets: dict) -> dict[str, Metrics]:
+    """Metrics of each method on one synthetic sample (backend/dataset.py layout, with truth).
+
+    Methods: "fit only" (the static landmark fit), and for each named network its final meshes;
+    the network called "full" also gives "DEM only" (its initial meshes, before the deformation).
+    """
+    import torch
+
+    from .dataset import gt_vertices
+    from .refine import refine_sample
+
+    meta = sample["meta"]
+    gt_cam, gt_head = gt_vertices(sample, layer)
+    with torch.no_grad():
+        v, _ = layer(torch.as_tensor(sample["fit_shape"]), torch.as_tensor(sample["fit_expr"]),
+                     torch.as_tensor(sample["fit_pose"]), torch.as_tensor(sample["fit_trans"]))
+    preds = {"fit only": (v.numpy(), head_space(layer, sample["fit_shape"], sample["fit_expr"], sample["fit_pose"]))}
+    for name, net in nets.items():
+        r = refine_sample(net, sample)
+        if name == "full":
+            preds["DEM only"] = (r["vertices_init"], r["vertices_init_head"])
+        preds[name] = (r["vertices"], r["vertices_head"])
+    return {name: micro_metrics(cam, gt_cam, head, gt_head, flame_model.region_labels, flame_model.region_names,
+                                meta["active_regions"], int(meta["onset"]), int(meta["offset"]))
+            for name, (cam, head) in preds.items()}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -15,8 +16,12 @@ from typing import Callable
 import numpy as np
 
 from . import __version__
+from .align import Alignment
 from .config import ReconstructConfig, pick_device
 from .errors import MicroFaceError
+from .fit import FitResult
+from .landmarks import Landmarks
+from .video import Clip
 
 Progress = Callable[[str, int, int], None]
 
@@ -82,6 +87,68 @@ def region_attention(flow: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray,
         return inten.numpy(), attention_weights(inten).numpy()
 
 
+@dataclass
+class Frontend:
+    """What the non-learned stages made of a clip (clip pixels; see :func:`network_inputs`)."""
+
+    clip: Clip
+    landmarks: Landmarks
+    alignment: Alignment
+    flow: np.ndarray            # (T-1, 224, 224, 2) TV-L1 between consecutive crops, crop pixels
+    fit: FitResult
+
+    @property
+    def lmk68(self) -> np.ndarray:
+        """(T, 68, 2) clip pixels: FAN when it ran, else the fitted mesh's 68-point embedding."""
+        return self.landmarks.lmk68 if self.landmarks.lmk68 is not None else self.fit.landmarks_68
+
+
+def _timed(timings: dict, name: str, fn, *a, **kw):
+    t = time.perf_counter()
+    value = fn(*a, **kw)
+    timings[name] = round(time.perf_counter() - t, 3)
+    return value
+
+
+def run_frontend(clip: Clip, lms: Landmarks, model, cfg: ReconstructConfig, device: str = "cpu",
+                 progress: Progress | None = None, timings: dict | None = None) -> Frontend:
+    """Alignment, TV-L1 flow and the static fit (anchored on the first frame), in that order."""
+    from .align import align_faces
+    from .fit import fit_sequence
+    from .flow import tvl1_flow
+
+    timings = {} if timings is None else timings
+    alignment = _timed(timings, "align", align_faces, clip, lms, cfg.align)
+    flow = _timed(timings, "flow", tvl1_flow, alignment.crops, cfg.flow, progress)
+    fit = _timed(timings, "fit", fit_sequence, model, lms.mp[..., :2], lms.valid, (clip.width, clip.height),
+                 clip.fps, cfg.fit, anchor=0, lmk68=lms.lmk68, device=device, progress=progress)
+    return Frontend(clip, lms, alignment, flow, fit)
+
+
+def network_inputs(fe: Frontend) -> dict[str, np.ndarray]:
+    """The network's inputs in the training-sample layout (docs/learned_modules.md), in SOURCE
+    pixels (a decode downscale undone), without the crops: flow pooled to 112, align, intrinsics,
+    image_size, lmk_mp, lmk_68, valid, fit_shape/expr/pose/trans. float32."""
+    from .flow import pool_flow
+
+    clip, fit = fe.clip, fe.fit
+    inv = 1.0 / clip.scale
+    align_src = fe.alignment.transforms.astype(np.float64).copy()
+    align_src[:, :, :2] *= clip.scale   # crop = A (clip px) = A (scale * source px)
+    f32 = np.float32
+    return {
+        "flow": pool_flow(fe.flow).astype(f32),
+        "align": align_src.astype(f32),
+        "intrinsics": (fit.intrinsics.astype(np.float64) * inv).astype(f32),
+        "image_size": np.array(clip.source_size, np.int32),
+        "lmk_mp": (fe.landmarks.mp[..., :2] * inv).astype(f32),
+        "lmk_68": (np.asarray(fe.lmk68) * inv).astype(f32),
+        "valid": fe.landmarks.valid.astype(bool),
+        "fit_shape": fit.shape.astype(f32), "fit_expr": fit.expr.astype(f32),
+        "fit_pose": fit.pose.astype(f32), "fit_trans": fit.trans.astype(f32),
+    }
+
+
 def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: ReconstructConfig | None = None,
                 progress: Progress | None = None):
     """Run every stage on ``video`` and write the result file atomically to ``output``.
@@ -94,52 +161,27 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
     out = _check_output(output)
     device = pick_device(cfg.device)
 
-    def timed(name: str, fn, *a, **kw):
-        t = time.perf_counter()
-        value = fn(*a, **kw)
-        timings[name] = round(time.perf_counter() - t, 3)
-        return value
-
     from .flame import load_flame
-
-    model = timed("load_model", load_flame, cfg.flame, cfg.assets)
-
+    from .landmarks import detect_landmarks
     from .video import read_clip
 
-    clip = timed("decode", read_clip, video, cfg.video, progress)
+    model = _timed(timings, "load_model", load_flame, cfg.flame, cfg.assets)
+    clip = _timed(timings, "decode", read_clip, video, cfg.video, progress)
+    lms = _timed(timings, "landmarks", detect_landmarks, clip, cfg.landmarks, progress)
+    fe = run_frontend(clip, lms, model, cfg, device, progress, timings)
+    fit = fe.fit
+    inputs = network_inputs(fe)
 
-    from .landmarks import detect_landmarks
-
-    lms = timed("landmarks", detect_landmarks, clip, cfg.landmarks, progress)
-
-    from .align import align_faces
-
-    alignment = timed("align", align_faces, clip, lms, cfg.align)
-
-    from .flow import tvl1_flow
-
-    flow = timed("flow", tvl1_flow, alignment.crops, cfg.flow, progress)
-
-    from .fit import fit_sequence
-
-    fit = timed("fit", fit_sequence, model, lms.mp[..., :2], lms.valid, (clip.width, clip.height), clip.fps,
-                cfg.fit, anchor=0, lmk68=lms.lmk68, device=device, progress=progress)
-
-    lmk68 = lms.lmk68 if lms.lmk68 is not None else fit.landmarks_68
     vertices, vertices_init, expr, pose = fit.vertices, fit.vertices, fit.expr, fit.pose
     weights_info = None
     if cfg.refine:
         from .config import WEIGHTS_DIR, resolve_asset
-        from .flow import pool_flow
         from .model import load_weights
         from .refine import refine_sample
 
         wpath = resolve_asset("weights", cfg.weights, folders=(WEIGHTS_DIR,))
         net = load_weights(wpath, model, device)
-        sample = {"valid": lms.valid, "flow": pool_flow(flow), "lmk_68": lmk68, "lmk_mp": lms.mp[..., :2],
-                  "fit_shape": fit.shape, "fit_expr": fit.expr, "fit_pose": fit.pose, "fit_trans": fit.trans,
-                  "intrinsics": fit.intrinsics, "align": alignment.transforms}
-        refined = timed("refine", refine_sample, net, sample, clip.frame_indices)
+        refined = _timed(timings, "refine", refine_sample, net, inputs, clip.frame_indices)
         vertices, vertices_init = refined["vertices"], refined["vertices_init"]
         expr, pose = refined["expr"], refined["pose"]
         weights_info = {"path": str(wpath), "id": f"{wpath.name}@sha256:{_file_sha256(wpath)[:16]}"}
@@ -148,22 +190,14 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
     # projected centroid (Eq. 12), and its attention (Eq. 19-20): what the mesh deformation reads.
     from .align import to_crop
 
-    cent = region_centroids_px(vertices, model.region_labels, len(model.region_names), fit.intrinsics)
-    flow_acc = np.concatenate([np.zeros_like(flow[:1]), np.cumsum(flow, 0)])
-    region_flow, attention = region_attention(flow_acc, to_crop(cent, alignment.transforms))
+    cent = region_centroids_px(vertices, model.region_labels, len(model.region_names), inputs["intrinsics"])
+    flow_acc = np.concatenate([np.zeros_like(fe.flow[:1]), np.cumsum(fe.flow, 0)])
+    region_flow, attention = region_attention(flow_acc, to_crop(cent, inputs["align"]))
 
     warnings = []
     if lms.interpolated.any():
         warnings.append(f"no usable face in source frames {_runs(lms.interpolated, clip.frame_indices)}: "
                         "landmarks there are interpolated and the fit is carried by its temporal prior")
-
-    # Everything below is in source-video pixels: undo any decode downscale.
-    inv = 1.0 / clip.scale
-    intr = fit.intrinsics.astype(np.float64).copy()
-    intr *= inv
-    src_w, src_h = int(round(clip.width * inv)), int(round(clip.height * inv))
-    align_src = alignment.transforms.astype(np.float64).copy()
-    align_src[:, :, :2] *= clip.scale  # crop = A (clip px) = A (scale * source px)
 
     from .result import Result, ResultError, write_result
 
@@ -190,17 +224,17 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
     result = Result(
         vertices=vertices, vertices_init=vertices_init, faces=model.faces.astype(np.int32),
         shape=fit.shape.astype(np.float32), expr=expr.astype(np.float32), pose=pose.astype(np.float32),
-        trans=fit.trans.astype(np.float32), intrinsics=intr.astype(np.float32),
-        image_size=np.array([src_w, src_h], np.int32), frame_indices=clip.frame_indices.astype(np.int64),
+        trans=fit.trans.astype(np.float32), intrinsics=inputs["intrinsics"],
+        image_size=inputs["image_size"], frame_indices=clip.frame_indices.astype(np.int64),
         region_flow=region_flow.astype(np.float32), attention=attention.astype(np.float32),
-        landmarks_mp=(lms.mp[..., :2] * inv).astype(np.float32), landmarks_68=(lmk68 * inv).astype(np.float32),
-        valid=lms.valid.astype(bool), interpolated=lms.interpolated.astype(bool),
-        align_transforms=align_src.astype(np.float32), fit_error_px=(fit.reproj_px * inv).astype(np.float32),
+        landmarks_mp=inputs["lmk_mp"], landmarks_68=inputs["lmk_68"],
+        valid=inputs["valid"], interpolated=lms.interpolated.astype(bool),
+        align_transforms=inputs["align"], fit_error_px=(fit.reproj_px / clip.scale).astype(np.float32),
         meta=meta,
     )
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        timed("write", write_result, out, result)
+        _timed(timings, "write", write_result, out, result)
     except ResultError as exc:
         raise MicroFaceError(str(exc)) from None
     return out, result

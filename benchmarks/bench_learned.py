@@ -26,30 +26,12 @@ GOALS = "goals: recovered >= 0.60, invented <= 0.10 mm, region accuracy >= 0.90,
 
 
 def evaluate(nets: dict, samples: list[dict], flame_model, layer) -> dict[str, dict[str, float]]:
-    """Mean metrics per method over ``samples``. nets: name -> MicroFaceNet; 'fit only' is always added."""
-    from backend.dataset import gt_vertices
-    from backend.evaluate import head_space, micro_metrics
-    from backend.refine import refine_sample
+    """Mean metrics per method over ``samples`` (see backend.evaluate.compare_methods)."""
+    from backend.evaluate import compare_methods
 
     rows: dict[str, list[dict]] = {}
     for s in samples:
-        meta = s["meta"]
-        gt_cam, gt_head = gt_vertices(s, layer)
-        preds = {}
-        import torch
-
-        with torch.no_grad():
-            v, _ = layer(torch.as_tensor(s["fit_shape"]), torch.as_tensor(s["fit_expr"]),
-                         torch.as_tensor(s["fit_pose"]), torch.as_tensor(s["fit_trans"]))
-        preds["fit only"] = (v.numpy(), head_space(layer, s["fit_shape"], s["fit_expr"], s["fit_pose"]))
-        for name, net in nets.items():
-            r = refine_sample(net, s)
-            if name == "full":
-                preds["DEM only"] = (r["vertices_init"], r["vertices_init_head"])
-            preds[name] = (r["vertices"], r["vertices_head"])
-        for name, (cam, head) in preds.items():
-            m = micro_metrics(cam, gt_cam, head, gt_head, flame_model.region_labels, flame_model.region_names,
-                              meta["active_regions"], int(meta["onset"]), int(meta["offset"]))
+        for name, m in compare_methods(s, flame_model, layer, nets).items():
             rows.setdefault(name, []).append(m.as_dict())
     return {name: {k: float(np.mean([r[k] for r in rs])) for k in COLUMNS} for name, rs in rows.items()}
 
