@@ -66,11 +66,17 @@ def _pnp_init(model_pts: np.ndarray, obs: np.ndarray, valid: np.ndarray, intr: n
     rot, trans = np.zeros((t_count, 3)), np.zeros((t_count, 3))
     ok = np.zeros(t_count, bool)
     prev = None
+    pts3 = model_pts.astype(np.float64)
     for t in np.flatnonzero(valid):
-        args = dict(flags=cv2.SOLVEPNP_ITERATIVE)
-        if prev is not None:
-            args.update(rvec=prev[0].copy(), tvec=prev[1].copy(), useExtrinsicGuess=True)
-        good, rv, tv = cv2.solvePnP(model_pts.astype(np.float64), obs[t].astype(np.float64), k, None, **args)
+        pts2 = obs[t].astype(np.float64)
+        good, rv, tv = False, None, None
+        if prev is not None:  # refine from the previous frame: fast and temporally consistent
+            good, rv, tv = cv2.solvePnP(pts3, pts2, k, None, rvec=prev[0].copy(), tvec=prev[1].copy(),
+                                        useExtrinsicGuess=True, flags=cv2.SOLVEPNP_ITERATIVE)
+        if not good or tv[2, 0] <= 0:
+            # SQPnP finds the global optimum without a guess; unguided ITERATIVE can converge to the
+            # mirror pose behind the camera (seen on a synthetic clip: tz = -0.46 m).
+            good, rv, tv = cv2.solvePnP(pts3, pts2, k, None, flags=cv2.SOLVEPNP_SQPNP)
         if not good or tv[2, 0] <= 0:
             continue
         prev = (rv, tv)

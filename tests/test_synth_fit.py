@@ -40,3 +40,16 @@ def test_fit_recovers_synthetic_vertices(tmp_path):
     assert m.face_error_mm < 60.0
     assert m.invented_still_mm < 0.08
     assert m.jitter_pre_onset_mm < 0.01
+
+
+@pytest.mark.slow
+def test_pnp_initialisation_never_lands_behind_the_camera():
+    """Training seed 39: unguided iterative PnP converged to the mirror pose behind the camera on the
+    first frame (tz = -0.46 m) and the fit raised "PnP failed on every frame". It must now fit."""
+    from backend.dataset import _render, draw_synthetic_spec, process_frames
+
+    model = load_flame()
+    clip, _ = _render(draw_synthetic_spec(39), model)
+    sample = process_frames(clip.frames, clip.fps, model, focal=float(clip.intrinsics[0]))
+    assert (sample["fit_trans"][:, 2] < -0.3).all()                # the head is in front of the camera
+    assert sample["info"]["fit_reproj_px"] < 1.0

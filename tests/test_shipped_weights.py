@@ -1,0 +1,39 @@
+"""The shipped network (weights/microface.pt) against the static-fit baseline on a held-out
+synthetic clip (a seed from the held-out range, never used in training), through the same
+frontend as training and the pipeline. Margins come from benchmarks/bench_learned.py (README)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from backend.config import WEIGHTS_DIR, resolve_asset
+from backend.dataset import load_sample, make_synthetic_sample
+from backend.evaluate import compare_methods
+from backend.flame import FlameLayer, load_flame
+from backend.model import load_weights
+
+HELD_OUT_SEED = 900_003   # held-out range 900000-900039 (README); training used 0-599
+
+
+def test_shipped_weights_load_safely_with_provenance():
+    path = resolve_asset("weights", folders=(WEIGHTS_DIR,))
+    prov = json.loads(path.with_suffix(".pt.json").read_text())
+    for key in ("command", "commit", "seed", "data", "final_losses", "sha256"):
+        assert key in prov, key
+    assert max(prov["data"]["synthetic_seeds"]) < 900_000   # held-out seeds never trained on
+    net = load_weights(path, load_flame())
+    assert not net.training
+
+
+@pytest.mark.slow
+def test_shipped_weights_beat_the_fit_on_a_held_out_clip(tmp_path):
+    model = load_flame()
+    sample = load_sample(make_synthetic_sample(HELD_OUT_SEED, model, tmp_path))
+    net = load_weights(resolve_asset("weights", folders=(WEIGHTS_DIR,)), model)
+    m = compare_methods(sample, model, FlameLayer(model), {"full": net})
+    full, fit = m["full"], m["fit only"]
+    print({k: v.as_dict() for k, v in m.items()})
+    assert full.motion_error_active_mm < fit.motion_error_active_mm - MARGIN_ACTIVE_MM
+    assert full.invented_still_mm < fit.invented_still_mm - MARGIN_STILL_MM
+    assert full.jitter_pre_onset_mm < fit.jitter_pre_onset_mm
