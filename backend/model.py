@@ -139,6 +139,7 @@ def save_weights(net: MicroFaceNet, path: str | os.PathLike, provenance: dict) -
     os.close(fd)
     try:
         torch.save(payload, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the weights are shipped and shared
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -148,6 +149,7 @@ def save_weights(net: MicroFaceNet, path: str | os.PathLike, provenance: dict) -
     fd, tmp = tempfile.mkstemp(suffix=".json", dir=path.parent)
     with os.fdopen(fd, "w") as fh:
         json.dump(prov, fh, indent=1, sort_keys=True)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, side)
     return path
 
