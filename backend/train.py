@@ -86,7 +86,7 @@ class Windows:
         stride = int(rng.choice(strides))
         t = min(t, n_min)
         out: dict[str, list] = {k: [] for k in ("fit_shape", "fit_expr", "fit_pose", "fit_trans", "flow",
-                                                "intrinsics", "align", "lmk", "crops", "gt_head")}
+                                                "intrinsics", "image_size", "align", "lmk", "crops", "gt_head")}
         for i in picks:
             s = self.samples[i]
             n = len(s["valid"])
@@ -98,6 +98,7 @@ class Windows:
             for k in ("fit_expr", "fit_pose", "fit_trans", "align"):
                 out[k].append(s[k][idx])
             out["intrinsics"].append(s["intrinsics"])
+            out["image_size"].append(s["image_size"])
             out["lmk"].append(landmark_points(self.model, torch.as_tensor(s["lmk_68"][idx]),
                                               torch.as_tensor(s["lmk_mp"][idx])).numpy())
             out["crops"].append(s["crops"][idx])
@@ -165,8 +166,9 @@ def self_supervised_terms(net: MicroFaceNet, out: dict, batch: dict, lap: torch.
     v = out["vertices"]
     b, t, nv, _ = v.shape
     faces = net.flame_model.faces
+    size = batch["image_size"].cpu().numpy()
     vis = torch.stack([torch.as_tensor(losses.vertex_visibility(v[i].detach(), faces, batch["intrinsics"][i].cpu(),
-                                                                4096, 4096)) for i in range(b)]).to(v)
+                                                                int(size[i, 0]), int(size[i, 1]))) for i in range(b)]).to(v)
     lm = torch.cat([net.flame.landmarks68(v.reshape(b * t, nv, 3)), net.flame.landmarks_mp(v.reshape(b * t, nv, 3))], 1)
     lm_px = project(lm, batch["intrinsics"].repeat_interleave(t, 0)).view(b, t, -1, 2)
     flow_acc = batch["flow"].cumsum(1)
