@@ -396,8 +396,16 @@ def _template_face_uvs(model: FlameModel) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- files
 
+def container_fps(fps: float) -> float:
+    """The frame rate an mp4v file can store: MPEG-4 needs a time base denominator <= 65535, so a
+    non-integer rate like 68.317 is refused; 0.01 fps steps keep it under that up to 655 fps. The
+    exact rate stays in the clip's ground truth."""
+    return float(fps) if float(fps).is_integer() else round(float(fps), 2)
+
+
 def write_video(clip: SynthClip, path: str | Path) -> Path:
-    """Write the frames as an mp4 (mp4v) at the clip's fps; a partial file never appears at ``path``."""
+    """Write the frames as an mp4 (mp4v) at :func:`container_fps` of the clip's fps; a partial file
+    never appears at ``path``."""
     import cv2
 
     path = Path(path)
@@ -405,7 +413,8 @@ def write_video(clip: SynthClip, path: str | Path) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".mp4", dir=path.parent)
     os.close(fd)
     try:
-        writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), float(clip.fps), (clip.width, clip.height))
+        writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), container_fps(clip.fps),
+                                 (clip.width, clip.height))
         if not writer.isOpened():
             raise OSError(f"OpenCV cannot write mp4 to {tmp}")
         for frame in clip.frames:

@@ -187,6 +187,19 @@ def test_write_video_and_ground_truth(clip, tmp_path):
         assert z["off_basis_field"].shape == (5023, 3)
 
 
+@pytest.mark.parametrize("fps", [68.317, 137.25, 199.9])
+def test_write_video_at_high_non_integer_rates(clip, tmp_path, fps):
+    """MPEG-4 refused 68.317 fps outright (time base denominator > 65535)."""
+    import cv2
+    from dataclasses import replace
+
+    video = write_video(replace(clip, fps=fps), tmp_path / "clip.mp4")
+    cap = cv2.VideoCapture(str(video))
+    assert abs(cap.get(cv2.CAP_PROP_FPS) - fps) < 0.006
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == len(clip.frames)
+    cap.release()
+
+
 def test_texture_kinds(model):
     flat = generate(SynthConfig(texture="flat", **TINY), model)
     assert flat.frames.shape == (5, 96, 96, 3)
