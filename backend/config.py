@@ -7,6 +7,7 @@ to fix it.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +79,20 @@ def resolve_asset(name: str, flag: str | os.PathLike | None = None, folders: tup
     if required:
         raise MicroFaceError(f"no {what} found; {spec.fix}")
     return None
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's content, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def asset_id(path: Path) -> str:
+    """``"<file name>@sha256:<first 16 hex>"``: names the exact file a result was made with."""
+    return f"{path.name}@sha256:{file_sha256(path)[:16]}"
 
 
 def assets_folder(flag: str | os.PathLike | None = None) -> Path | None:

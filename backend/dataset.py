@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_path
 from .config import ReconstructConfig
 from .errors import MicroFaceError
 from .regions import REGION_NAMES
@@ -130,16 +131,9 @@ def write_sample(path: str | os.PathLike, arrays: dict, meta: dict) -> Path:
     meta = {"format": FORMAT, "version": VERSION, **meta}
     check_sample(arrays, meta)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            # Compressed: ~3x smaller; decoding 2 MB costs a few ms, far less than a training step.
-            np.savez_compressed(fh, meta=_encode_meta(meta), **arrays)
-        os.chmod(tmp, 0o644)  # mkstemp leaves 0600
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        # Compressed: ~3x smaller; decoding 2 MB costs a few ms, far less than a training step.
+        np.savez_compressed(fh, meta=_encode_meta(meta), **arrays)
     return path
 
 

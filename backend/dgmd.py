@@ -168,8 +168,7 @@ class DynamicGuidedDeformation(nn.Module):
         face = model.region_labels >= 0
         self.register_buffer("centre", torch.as_tensor(v[face].mean(0), dtype=torch.float32), persistent=False)
         # Landmark -> vertex spreading weights on the template (Gaussian in distance, rows sum to 1).
-        lmk = np.concatenate([(v[model.faces[model.lmk68_faces]] * model.lmk68_bary[:, :, None]).sum(1),
-                              (v[model.faces[model.mp_faces]] * model.mp_bary[:, :, None]).sum(1)])
+        lmk = np.concatenate([model.embed(v, "68"), model.embed(v, "mp")])
         d2 = ((v[:, None] - lmk[None]) ** 2).sum(-1) * 1e6
         w = np.exp(-d2 / (2 * cfg.landmark_sigma_mm ** 2))
         w[d2 > (3 * cfg.landmark_sigma_mm) ** 2] = 0.0

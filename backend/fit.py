@@ -160,7 +160,7 @@ def _fit(model: FlameModel, mp_points: np.ndarray, valid: np.ndarray, image_size
     eye_px = np.linalg.norm(mp_points[:, MP_EYE_OUTER[0], :2] - mp_points[:, MP_EYE_OUTER[1], :2], axis=-1)
     scale_px = float(np.median(eye_px[valid]))
     k_l, k_r = (int(np.flatnonzero(model.mp_indices == i)[0]) for i in MP_EYE_OUTER)
-    tmpl_lmk = _embed_np(model, model.v_template)
+    tmpl_lmk = model.embed(model.v_template, "mp")
     eye_mm = 1000.0 * float(np.linalg.norm(tmpl_lmk[k_l] - tmpl_lmk[k_r]))
     px_to_mm = eye_mm / max(scale_px, 1e-6)
 
@@ -284,8 +284,3 @@ def _fit(model: FlameModel, mp_points: np.ndarray, valid: np.ndarray, image_size
         vertices=vall.cpu().numpy().astype(np.float32), landmarks_68=l68.cpu().numpy(),
         reproj_px=reproj.cpu().numpy(), loss_history=history,
     )
-
-
-def _embed_np(model: FlameModel, verts: np.ndarray) -> np.ndarray:
-    """MediaPipe-embedded surface points of one mesh: (V, 3) -> (K, 3)."""
-    return (verts[model.faces[model.mp_faces]] * model.mp_bary[:, :, None]).sum(1)

@@ -6,7 +6,6 @@ left eye, right eye), so (B, 3*J) radians.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import numpy as np
 import torch
 
 from . import safe_pickle
-from .config import assets_folder, resolve_asset
+from .config import asset_id, assets_folder, resolve_asset
 from .errors import MicroFaceError
 from .regions import REGION_NAMES, region_labels
 
@@ -71,16 +70,14 @@ class FlameModel:
             return np.zeros(len(self.weights), bool)
         return self.weights[:, joints].sum(1) > 0.5
 
+    def embed(self, verts: np.ndarray, which: str) -> np.ndarray:
+        """Surface points of the ``"68"`` or ``"mp"`` landmark embedding (numpy twin of
+        :meth:`FlameLayer.landmarks68` / ``landmarks_mp``): (..., V, 3) -> (..., K, 3)."""
+        tri, bary = (self.lmk68_faces, self.lmk68_bary) if which == "68" else (self.mp_faces, self.mp_bary)
+        return (verts[..., self.faces[tri], :] * bary[:, :, None]).sum(-2)
+
     def region_vertices(self, name: str) -> np.ndarray:
         return np.flatnonzero(self.region_labels == self.region_names.index(name))
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _load_pickle(path: Path, what: str) -> dict:
@@ -179,7 +176,7 @@ def load_flame(flame: str | Path | None = None, assets: str | Path | None = None
     f32 = np.float32
     return FlameModel(
         path=path,
-        model_id=f"{path.name}@sha256:{_sha256(path)[:16]}",
+        model_id=asset_id(path),
         v_template=v.astype(f32),
         faces=faces,
         shapedirs=sd[:, :, shape_offset:shape_offset + n_shape].astype(f32),

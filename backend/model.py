@@ -5,16 +5,16 @@ Also the weights file: saving with provenance beside it, and loading with
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .atomic import atomic_path
+from .config import file_sha256
 from .dem import DynamicEncodedModule
 from .dgmd import DGMDConfig, DynamicGuidedDeformation
 from .errors import MicroFaceError
@@ -124,10 +124,6 @@ class MicroFaceNet(nn.Module):
         return out
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def save_weights(net: MicroFaceNet, path: str | os.PathLike, provenance: dict) -> Path:
     """Write the trainable weights (float32 state dict) atomically, and ``<path>.json`` beside them."""
     path = Path(path)
@@ -135,22 +131,11 @@ def save_weights(net: MicroFaceNet, path: str | os.PathLike, provenance: dict) -
     payload = {"format": WEIGHTS_FORMAT, "version": WEIGHTS_VERSION, "config": json.dumps(asdict(net.cfg)),
                "n_expr": net.flame_model.n_expr, "n_vertices": int(net.flame_model.v_template.shape[0]),
                "state": state}
-    fd, tmp = tempfile.mkstemp(suffix=".pt", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the weights are shipped and shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    prov = dict(provenance, sha256=_sha256(path), config=asdict(net.cfg))
-    side = path.with_suffix(path.suffix + ".json")
-    fd, tmp = tempfile.mkstemp(suffix=".json", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(prov, fh, indent=1, sort_keys=True)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, side)
+    prov = dict(provenance, sha256=file_sha256(path), config=asdict(net.cfg))
+    with atomic_path(path.with_suffix(path.suffix + ".json")) as tmp:
+        tmp.write_text(json.dumps(prov, indent=1, sort_keys=True))
     return path
 
 

@@ -9,11 +9,11 @@ camera, the pose and the frame mapping in the result file all agree with the vid
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_path
 from .errors import MicroFaceError
 
 
@@ -60,14 +60,8 @@ def overlay_frames(result_path: str | os.PathLike, video: str | os.PathLike, out
         cv2.putText(img, f"frame {f}  {'' if res.valid[t] else 'interpolated'}", (8, 20),
                     cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
         path = out / f"overlay_{f:06d}.png"
-        fd, tmp = tempfile.mkstemp(suffix=".png", dir=out)
-        os.close(fd)
-        try:
-            if not cv2.imwrite(tmp, img):
+        with atomic_path(path) as tmp:
+            if not cv2.imwrite(str(tmp), img):
                 raise MicroFaceError(f"cannot write {path}")
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
         written.append(path)
     return written

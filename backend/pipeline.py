@@ -57,33 +57,21 @@ def _runs(mask: np.ndarray, frame_indices: np.ndarray) -> str:
     return ", ".join(parts)
 
 
-def region_centroids_px(vertices: np.ndarray, labels: np.ndarray, n_regions: int,
-                        intrinsics: np.ndarray) -> np.ndarray:
-    """Eq. 12: each region's projected centroid. vertices (T, V, 3) m -> (T, R, 2) pixels."""
-    from .camera import project_np
-
-    out = np.zeros((vertices.shape[0], n_regions, 2), np.float64)
-    for r in range(n_regions):
-        sel = labels == r
-        out[:, r] = project_np(vertices[:, sel].astype(np.float64), intrinsics).mean(1)
-    return out
-
-
-def _file_sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def region_attention(flow: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Eq. 18–20: flow (P, S, S, 2) crop px and centroids (P, R, 2) crop px -> intensity, attention (P, R)."""
+def region_attention(flow: np.ndarray, vertices: np.ndarray, labels: np.ndarray, n_regions: int,
+                     intrinsics: np.ndarray, align: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eq. 12 and 18–20 with the network's own functions: flow (T, S, S, 2) crop px at each frame's
+    region centroids of ``vertices`` (T, V, 3) m, projected with ``intrinsics`` (3,) and ``align``
+    (T, 2, 3) -> intensity (T, R) crop px and attention (T, R)."""
     import torch
 
-    from .dgmd import attention_weights, region_flow_intensity
+    from .dgmd import attention_weights, region_centroids, region_flow_intensity
 
+    f32 = dict(dtype=torch.float32)
     with torch.no_grad():
-        inten = region_flow_intensity(torch.as_tensor(flow, dtype=torch.float32),
-                                      torch.as_tensor(centres, dtype=torch.float32), crop_size=flow.shape[1])
+        centres = region_centroids(torch.as_tensor(vertices, **f32), torch.as_tensor(labels), n_regions,
+                                   torch.as_tensor(intrinsics, **f32).expand(len(vertices), 3),
+                                   torch.as_tensor(align, **f32))
+        inten = region_flow_intensity(torch.as_tensor(flow, **f32), centres, crop_size=flow.shape[1])
         return inten.numpy(), attention_weights(inten).numpy()
 
 
@@ -175,7 +163,7 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
     vertices, vertices_init, expr, pose = fit.vertices, fit.vertices, fit.expr, fit.pose
     weights_info = None
     if cfg.refine:
-        from .config import WEIGHTS_DIR, resolve_asset
+        from .config import WEIGHTS_DIR, asset_id, resolve_asset
         from .model import load_weights
         from .refine import refine_sample
 
@@ -184,15 +172,13 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
         refined = _timed(timings, "refine", refine_sample, net, inputs, clip.frame_indices)
         vertices, vertices_init = refined["vertices"], refined["vertices_init"]
         expr, pose = refined["expr"], refined["pose"]
-        weights_info = {"path": str(wpath), "id": f"{wpath.name}@sha256:{_file_sha256(wpath)[:16]}"}
+        weights_info = {"path": str(wpath), "id": asset_id(wpath)}
 
     # Per-region intensity of the flow accumulated from the onset (Eq. 18) at each region's
     # projected centroid (Eq. 12), and its attention (Eq. 19-20): what the mesh deformation reads.
-    from .align import to_crop
-
-    cent = region_centroids_px(vertices, model.region_labels, len(model.region_names), inputs["intrinsics"])
     flow_acc = np.concatenate([np.zeros_like(fe.flow[:1]), np.cumsum(fe.flow, 0)])
-    region_flow, attention = region_attention(flow_acc, to_crop(cent, inputs["align"]))
+    region_flow, attention = region_attention(flow_acc, vertices, model.region_labels, len(model.region_names),
+                                              inputs["intrinsics"], inputs["align"])
 
     warnings = []
     if lms.interpolated.any():

@@ -12,14 +12,13 @@ with the global rotation and the off-basis field rotates with it.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .atomic import atomic_path
 from .camera import default_intrinsics
 from .flame import FlameLayer, FlameModel, load_flame
 from .obj import read_obj
@@ -410,20 +409,14 @@ def write_video(clip: SynthClip, path: str | Path) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".mp4", dir=path.parent)
-    os.close(fd)
-    try:
-        writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), container_fps(clip.fps),
+    with atomic_path(path) as tmp:
+        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), container_fps(clip.fps),
                                  (clip.width, clip.height))
         if not writer.isOpened():
             raise OSError(f"OpenCV cannot write mp4 to {tmp}")
         for frame in clip.frames:
             writer.write(np.ascontiguousarray(frame[..., ::-1]))
         writer.release()
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
@@ -444,12 +437,6 @@ def save_ground_truth(clip: SynthClip, path: str | Path) -> Path:
         "light_direction": clip.light_direction, "light_intensity": clip.light_intensity,
         "model_id": np.array(clip.model_id), "config": np.array(json.dumps(asdict(clip.config))),
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        np.savez_compressed(tmp, **arrays)
     return path

@@ -103,7 +103,7 @@ def procedural_skin_texture(model: FlameModel, neutral: np.ndarray, face_uvs: np
     nrm /= np.maximum(np.linalg.norm(nrm, axis=1, keepdims=True), 1e-12)
     label = model.region_labels[corner[np.arange(len(tri)), bary.argmax(1)]]
 
-    lmk = (model.lmk68_bary[:, :, None] * neutral[faces[model.lmk68_faces]]).sum(1)  # (68, 3)
+    lmk = model.embed(neutral, "68")  # (68, 3)
     tone = np.array([[0.93, 0.76, 0.66], [0.85, 0.66, 0.54], [0.72, 0.52, 0.40], [0.55, 0.38, 0.28]])
     u = rng.uniform(0, len(tone) - 1)                                               # light .. dark
     i = min(int(u), len(tone) - 2)

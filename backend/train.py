@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .atomic import atomic_path
 from .config import pick_device
 from .dem import window_times
 from .flame import FlameModel, load_flame
@@ -241,10 +240,8 @@ def train(cfg: TrainConfig, log=print) -> Path:
             state = {"model": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                      "numpy_rng": json.dumps(rng.bit_generator.state), "torch_rng": torch.get_rng_state(),
                      "step": step + 1}
-            fd, tmp = tempfile.mkstemp(dir=ckpt.parent, suffix=".ckpt")
-            os.close(fd)
-            torch.save(state, tmp)
-            os.replace(tmp, ckpt)
+            with atomic_path(ckpt) as tmp:
+                torch.save(state, tmp)
     out_path = Path(cfg.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tail = history[-50:]
