@@ -39,13 +39,22 @@ class MotionEncoder(nn.Module):
         self.head = nn.Sequential(nn.Linear(chans[-1] * grid * grid, hidden, bias=False), nn.SiLU(),
                                   nn.Linear(hidden, n_expr, bias=False))
         nn.init.zeros_(self.head[-1].weight)  # start from "no motion": the DEM begins as the static fit
+        self.autocast_dtype: torch.dtype | None = None   # see MicroFaceNet.set_mixed_precision
 
     def forward(self, rates: torch.Tensor) -> torch.Tensor:
         b, p = rates.shape[:2]
         x = (rates / FLOW_SCALE).permute(0, 4, 1, 2, 3)          # (B, 2, P, S, S)
-        x = self.pool(self.convs(x))                              # (B, C, P, g, g)
-        x = x.permute(0, 2, 1, 3, 4).reshape(b, p, -1)
+        with mixed_precision(x, self.autocast_dtype):
+            x = self.pool(self.convs(x))                          # (B, C, P, g, g)
+        x = x.float().permute(0, 2, 1, 3, 4).reshape(b, p, -1)
         return self.head(x)
+
+
+def mixed_precision(x: torch.Tensor, dtype: torch.dtype | None):
+    """Autocast on x's device to ``dtype`` (None: off). Only the convolutions over flow maps use it:
+    they hold nearly all the FLOPs, while FLAME and the losses need float32 (at 0.5 m from the
+    camera bfloat16 resolves only ~2 mm)."""
+    return torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
 class ResidualODEFusion(nn.Module):

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .camera import project
+from .dem import mixed_precision
 from .flame import FlameModel
 
 PATCH = 5               # pixels per side of the region patch (Eq. 13, 18)
@@ -80,10 +81,14 @@ class MotionCNN(nn.Module):
             nn.Conv2d(32, channels, 3, stride=2, padding=1, bias=False), nn.SiLU(),
             nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.SiLU())
         self.attn = nn.Conv2d(channels, 1, 7, padding=3)
+        self.autocast_dtype: torch.dtype | None = None   # see MicroFaceNet.set_mixed_precision
 
     def forward(self, flow: torch.Tensor) -> torch.Tensor:
-        x = self.body(flow.permute(0, 3, 1, 2))
-        return x * torch.sigmoid(self.attn(x))
+        x = flow.permute(0, 3, 1, 2)
+        with mixed_precision(x, self.autocast_dtype):
+            x = self.body(x)
+            x = x * torch.sigmoid(self.attn(x))
+        return x.float()
 
 
 def region_centroids(verts_cam: torch.Tensor, labels: torch.Tensor, n_regions: int, intrinsics: torch.Tensor,

@@ -57,6 +57,12 @@ class MicroFaceNet(nn.Module):
         self.dem = DynamicEncodedModule(self.n_psi, width=cfg.dem_width, latent=cfg.dem_latent)
         self.dgmd = DynamicGuidedDeformation(model, cfg.dgmd)
 
+    def set_mixed_precision(self, dtype: torch.dtype | None) -> None:
+        """Run the convolutions over flow maps (DEM encoder, DGMD motion CNN) under autocast to
+        ``dtype`` (e.g. torch.bfloat16 on a CUDA GPU), the rest in float32; None turns it off."""
+        self.dem.motion.autocast_dtype = dtype
+        self.dgmd.motion_cnn.autocast_dtype = dtype
+
     def _flame(self, shape: torch.Tensor, expr: torch.Tensor, pose: torch.Tensor, trans: torch.Tensor):
         b, t = expr.shape[:2]
         shape_bt = shape[:, None].expand(b, t, -1).reshape(b * t, -1)

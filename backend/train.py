@@ -46,6 +46,7 @@ class TrainConfig:
     checkpoint_every: int = 100
     seed: int = 0
     device: str = "auto"
+    amp: bool = True                # bfloat16 autocast of the flow convolutions on a CUDA GPU that has it
     w_motion: float = 1.0           # mm, final mesh motion from onset
     w_motion_init: float = 0.5      # mm, DEM mesh motion from onset
     w_lap: float = 10.0
@@ -190,6 +191,8 @@ def train(cfg: TrainConfig, log=print) -> Path:
     rng = np.random.default_rng(cfg.seed)
     flame_model = load_flame()
     net = MicroFaceNet(flame_model, cfg.model).to(device)
+    if cfg.amp and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        net.set_mixed_precision(torch.bfloat16)
     synth = Windows([s for d in cfg.data for s in _load_dir(d, "clip_*.npz", cfg.seeds)], flame_model, net.flame, True)
     real = Windows([s for d in cfg.real for s in _load_dir(d, "real_*.npz")], flame_model, net.flame, False) \
         if cfg.real and cfg.real_every else None
@@ -272,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=TrainConfig.lr)
     ap.add_argument("--seed", type=int, default=TrainConfig.seed)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--no-amp", action="store_true", help="float32 throughout on CUDA too")
     ap.add_argument("--no-dem", action="store_true", help="ablation: initial meshes from the static fit")
     ap.add_argument("--no-dgmd", action="store_true", help="ablation: no mesh deformation")
     ap.add_argument("--no-geometry", action="store_true")
@@ -286,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     mc.dgmd.use_geometry, mc.dgmd.use_landmarks, mc.dgmd.use_motion = not a.no_geometry, not a.no_landmarks, not a.no_motion
     seeds = tuple(int(x) for x in a.seeds.split(":")) if a.seeds else None
     cfg = TrainConfig(data=a.data, real=a.real, seeds=seeds, real_every=a.real_every, out=a.out, checkpoint=a.checkpoint,
-                      steps=a.steps, lr=a.lr, seed=a.seed, device=a.device, model=mc)
+                      steps=a.steps, lr=a.lr, seed=a.seed, device=a.device, amp=not a.no_amp, model=mc)
     if a.no_geo_loss:
         cfg.w_geo = 0.0
     cfg.w_lap *= not a.no_lap

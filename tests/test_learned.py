@@ -145,6 +145,26 @@ def test_full_network_shapes_and_gradients(flame_model):
     assert dead == []
 
 
+def test_mixed_precision_keeps_the_mesh_in_float32(flame_model):
+    """Autocast (bfloat16 on CPU here; the same code runs on CUDA) touches only the flow convolutions:
+    outputs stay float32, gradients reach every parameter, and the meshes stay within 0.001 mm of
+    float32 (measured: 0.00006 mm for these random weights and flow)."""
+    net, batch = _batch(flame_model)
+    for p in (net.dem.motion.head[-1].weight, net.dgmd.out[-1].weight):
+        torch.nn.init.normal_(p, std=0.05)
+    with torch.no_grad():
+        ref = net(batch)
+    net.set_mixed_precision(torch.bfloat16)
+    out = net(batch)
+    assert out["vertices"].dtype == torch.float32 and out["expr"].dtype == torch.float32
+    assert 0 < (out["vertices"] - ref["vertices"]).norm(dim=-1).max() < 1e-6
+    out["vertices"].square().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters() if p.requires_grad)
+    net.set_mixed_precision(None)
+    with torch.no_grad():
+        torch.testing.assert_close(net(batch)["vertices"], ref["vertices"], rtol=0, atol=0)
+
+
 def test_untrained_network_is_the_static_fit(flame_model):
     """Zero-initialised heads: before training the network returns the fit's meshes unchanged."""
     net, batch = _batch(flame_model)
