@@ -6,6 +6,8 @@ Commands:
   reconstruct VIDEO -o OUT.npz [...]   run the backend on a clip (``python -m backend reconstruct``)
   test [pytest args]                    run the test suite
   env                                   only create or update the local environment
+  pack [-o DIR]                         write the Blender extension zip DIR/microface-<version>.zip
+                                        (default DIR: dist/); needs no environment
 
 The first two create or reuse ``.venv`` beside this file, idempotently: the pinned set in
 ``pyproject.toml`` ([tool.microface.env]) is installed once and re-installed only when it changes.
@@ -88,6 +90,69 @@ def _run_in_env(args: list[str]) -> int:
     return subprocess.run([str(py), *args], cwd=ROOT, env=env).returncode
 
 
+PACKAGE = ROOT / "microface_blender"
+MANIFEST = ROOT / "blender_manifest.toml"
+_PACK_SKIP_DIRS = {"__pycache__", "tests"}
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: the same sources give the same zip
+
+
+def _pack_files() -> list[tuple[str, Path]]:
+    """(name in the zip, source) for the extension: manifest and package at the root, plus
+    backend/result.py as the package's result.py (the one reader, copied, never kept twice)."""
+    files = [("blender_manifest.toml", MANIFEST)]
+    for path in sorted(PACKAGE.rglob("*")):
+        rel = path.relative_to(PACKAGE)
+        if (not path.is_file() or any(p in _PACK_SKIP_DIRS or p.startswith(".") for p in rel.parts)
+                or path.suffix in (".pyc", ".pyo") or rel.name.startswith("test_")):
+            continue
+        files.append((rel.as_posix(), path))
+    if any(name == "result.py" for name, _ in files):
+        raise SystemExit(f"error: {PACKAGE / 'result.py'} must not exist: pack copies backend/result.py there")
+    files.append(("result.py", ROOT / "backend" / "result.py"))
+    return files
+
+
+def pack(out_dir: Path) -> Path:
+    """Write the installable extension zip into ``out_dir`` atomically; return its path."""
+    import tempfile
+    import tomllib
+    import zipfile
+
+    manifest = tomllib.loads(MANIFEST.read_text(encoding="utf-8"))
+    with open(ROOT / "pyproject.toml", "rb") as fh:
+        project_version = tomllib.load(fh)["project"]["version"]
+    if manifest["version"] != project_version:
+        raise SystemExit(f"error: blender_manifest.toml version {manifest['version']} differs from "
+                         f"pyproject.toml version {project_version}")
+    out_dir = Path(out_dir).expanduser().absolute()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"{manifest['id']}-{manifest['version']}.zip"
+    # Lets an installed extension find this checkout's .venv as the backend's default Python.
+    build_info = json.dumps({"version": manifest["version"], "source_root": str(ROOT)}, indent=1)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=out_dir)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            with zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED) as zf:
+                entries = [(name, src.read_bytes()) for name, src in _pack_files()]
+                entries.append(("build_info.json", build_info.encode()))
+                for name, data in entries:
+                    info = zipfile.ZipInfo(name, _ZIP_TIME)
+                    info.external_attr = 0o644 << 16
+                    info.compress_type = zipfile.ZIP_DEFLATED
+                    zf.writestr(info, data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return target
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(__doc__)
@@ -100,7 +165,14 @@ def main(argv: list[str]) -> int:
         return _run_in_env(["-m", "backend", "reconstruct", *rest])
     if cmd == "test":
         return _run_in_env(["-m", "pytest", *rest])
-    print(f"error: unknown command {cmd!r}; try: reconstruct, test, env", file=sys.stderr)
+    if cmd == "pack":
+        import argparse
+
+        ap = argparse.ArgumentParser(prog="build.py pack", description="write the Blender extension zip")
+        ap.add_argument("-o", "--output-dir", type=Path, default=ROOT / "dist", help="folder for the zip")
+        print(pack(ap.parse_args(rest).output_dir))
+        return 0
+    print(f"error: unknown command {cmd!r}; try: reconstruct, test, env, pack", file=sys.stderr)
     return 2
 
 

@@ -76,6 +76,21 @@ class FlameModel:
         tri, bary = (self.lmk68_faces, self.lmk68_bary) if which == "68" else (self.mp_faces, self.mp_bary)
         return (verts[..., self.faces[tri], :] * bary[:, :, None]).sum(-2)
 
+    def rig_arrays(self, shape: np.ndarray) -> dict[str, np.ndarray]:
+        """The result file's optional ``rig_*`` arrays for identity ``shape`` (n_shape,): rest vertices
+        (V, 3) and joints (J, 3) at zero expression and pose, expression directions (n_expr, V, 3) per
+        unit coefficient, parents (J,) and skinning weights (V, J). Metres, head-model frame, float32.
+        Pose correctives (posedirs) are not part of it."""
+        rest = self.v_template.astype(np.float64) + self.shapedirs.astype(np.float64) @ np.asarray(shape, np.float64)
+        f32 = np.float32
+        return {
+            "rig_rest_vertices": rest.astype(f32),
+            "rig_expr_dirs": np.ascontiguousarray(self.exprdirs.transpose(2, 0, 1), dtype=f32),
+            "rig_joints": (self.j_regressor.astype(np.float64) @ rest).astype(f32),
+            "rig_parents": self.parents.astype(np.int32),
+            "rig_skin_weights": self.weights.astype(f32),
+        }
+
     def region_vertices(self, name: str) -> np.ndarray:
         return np.flatnonzero(self.region_labels == self.region_names.index(name))
 

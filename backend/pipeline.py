@@ -216,7 +216,7 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
         landmarks_mp=inputs["lmk_mp"], landmarks_68=inputs["lmk_68"],
         valid=inputs["valid"], interpolated=lms.interpolated.astype(bool),
         align_transforms=inputs["align"], fit_error_px=(fit.reproj_px / clip.scale).astype(np.float32),
-        meta=meta,
+        meta=meta, **model.rig_arrays(fit.shape),
     )
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

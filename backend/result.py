@@ -54,8 +54,16 @@ _ARRAYS: dict[str, tuple[str, tuple, bool]] = {
 }
 _OPTIONAL_ARRAYS: dict[str, tuple[str, tuple, bool]] = {
     "fit_error_px": ("float32", ("T",), False),
+    # The rig: what a reader without the head model needs to rebuild the skinned, blendshaped head.
+    "rig_rest_vertices": ("float32", ("V", 3), True),
+    "rig_expr_dirs": ("float32", ("E", "V", 3), True),
+    "rig_joints": ("float32", ("J", 3), True),
+    "rig_parents": ("int32", ("J",), False),
+    "rig_skin_weights": ("float32", ("V", "J"), True),
 }
-_SYMBOL_NAMES = {"T": "frames", "V": "vertices", "F": "faces", "S": "n_shape", "E": "n_expr", "P": "3*n_joints"}
+RIG_ARRAYS = ("rig_rest_vertices", "rig_expr_dirs", "rig_joints", "rig_parents", "rig_skin_weights")
+_SYMBOL_NAMES = {"T": "frames", "V": "vertices", "F": "faces", "S": "n_shape", "E": "n_expr", "P": "3*n_joints",
+                 "J": "n_joints"}
 _KIND = {"float32": "f", "int32": "iu", "int64": "iu", "bool": "b"}
 _KIND_WORD = {"f": "floats", "iu": "integers", "b": "booleans"}
 
@@ -98,6 +106,16 @@ class Result:
     align_transforms: np.ndarray  # (T, 2, 3) float32 source px -> 224 crop px
     meta: dict = field(default_factory=dict)
     fit_error_px: np.ndarray | None = None  # (T,) float32 landmark reprojection RMS, pixels (optional)
+    # The rig (optional, all five or none), head-model frame, metres, zero pose:
+    rig_rest_vertices: np.ndarray | None = None  # (V, 3) float32 template + identity, zero expression
+    rig_expr_dirs: np.ndarray | None = None      # (n_expr, V, 3) float32 per unit expression coefficient
+    rig_joints: np.ndarray | None = None         # (J, 3) float32 rest joint positions of rig_rest_vertices
+    rig_parents: np.ndarray | None = None        # (J,) int32 parent joint, -1 for the root; parents come first
+    rig_skin_weights: np.ndarray | None = None   # (V, J) float32 skinning weights
+
+    @property
+    def has_rig(self) -> bool:
+        return self.rig_rest_vertices is not None
 
     @property
     def n_frames(self) -> int:
@@ -183,7 +201,8 @@ def validate(arrays: Mapping[str, Any], meta: Any, where: str = "result") -> dic
     """
     check_meta(meta, where)
     hm = meta["head_model"]
-    dims: dict[str, int] = {"S": int(hm["n_shape"]), "E": int(hm["n_expr"]), "P": 3 * int(hm["n_joints"])}
+    dims: dict[str, int] = {"S": int(hm["n_shape"]), "E": int(hm["n_expr"]), "P": 3 * int(hm["n_joints"]),
+                            "J": int(hm["n_joints"])}
     out: dict[str, np.ndarray] = {}
     specs = [(k, s, True) for k, s in _ARRAYS.items()] + [(k, s, False) for k, s in _OPTIONAL_ARRAYS.items()]
     for name, (dtype, shape, finite), required in specs:
@@ -225,6 +244,15 @@ def validate(arrays: Mapping[str, Any], meta: Any, where: str = "result") -> dic
                           f"[{int(fi[0])}, {int(fi[-1])}]")
     if np.any(out["image_size"] <= 0) or out["intrinsics"][0] <= 0:
         raise ResultError(f"{where}: image_size and the focal length must be positive")
+    rig = [k for k in RIG_ARRAYS if k in out]
+    if rig and len(rig) != len(RIG_ARRAYS):
+        raise ResultError(f"{where}: the rig arrays come as a set; {', '.join(sorted(set(RIG_ARRAYS) - set(rig)))} "
+                          f"missing beside {', '.join(rig)}")
+    if rig:
+        parents = out["rig_parents"]
+        if parents[0] != -1 or np.any((parents[1:] < 0) | (parents[1:] >= np.arange(1, len(parents)))):
+            raise ResultError(f"{where}: rig_parents {parents.tolist()} must be -1 for joint 0 and name an earlier "
+                              "joint for every other joint")
     return out
 
 

@@ -23,6 +23,8 @@ DTYPES = {
     "image_size": np.int32, "frame_indices": np.int64, "region_flow": np.float32, "attention": np.float32,
     "landmarks_mp": np.float32, "landmarks_68": np.float32, "valid": np.bool_, "interpolated": np.bool_,
     "align_transforms": np.float32, "fit_error_px": np.float32,
+    "rig_rest_vertices": np.float32, "rig_expr_dirs": np.float32, "rig_joints": np.float32,
+    "rig_parents": np.int32, "rig_skin_weights": np.float32,
 }
 
 
@@ -60,6 +62,17 @@ def make_result(t: int = 6, v: int = 12, n_shape: int = 4, n_expr: int = 3, n_jo
     fields["landmarks_68"][1] = np.nan  # no face in frame 1: landmarks may be NaN
     fields.update(overrides)
     return Result(**fields)
+
+
+def make_rig(v: int = 12, n_expr: int = 3, n_joints: int = 5, seed: int = 0) -> dict[str, np.ndarray]:
+    """The optional rig arrays for :func:`make_result`'s sizes, in float64 / int64."""
+    rng = np.random.default_rng(seed)
+    weights = rng.random((v, n_joints))
+    return {
+        "rig_rest_vertices": rng.normal(0, 0.1, (v, 3)), "rig_expr_dirs": rng.normal(0, 1e-3, (n_expr, v, 3)),
+        "rig_joints": rng.normal(0, 0.05, (n_joints, 3)), "rig_parents": np.array([-1, 0, 1, 1, 1][:n_joints]),
+        "rig_skin_weights": weights / weights.sum(1, keepdims=True),
+    }
 
 
 def raw_arrays(path: Path) -> dict[str, np.ndarray]:
@@ -118,6 +131,54 @@ def test_optional_fit_error_round_trips(tmp_path):
     res = make_result(fit_error_px=np.array([0.3, np.nan, 0.5, 0.4, 0.2, 0.1]))
     back = read_result(write_result(tmp_path / "r.npz", res))
     np.testing.assert_array_equal(back.fit_error_px, res.fit_error_px.astype(np.float32))
+
+
+def test_rig_arrays_round_trip(tmp_path):
+    res = make_result(**make_rig())
+    assert res.has_rig and not make_result().has_rig
+    path = write_result(tmp_path / "r.npz", res)
+    assert set(raw_arrays(path)) == set(res.arrays()) | {"meta"}
+    back = read_result(path)
+    assert back.has_rig
+    for name in R.RIG_ARRAYS:
+        got = getattr(back, name)
+        assert got.dtype == DTYPES[name], name
+        np.testing.assert_array_equal(got, np.asarray(getattr(res, name)).astype(DTYPES[name]), err_msg=name)
+
+
+def test_file_without_rig_stays_valid(written):
+    back = read_result(written[0])
+    assert not back.has_rig and all(getattr(back, k) is None for k in R.RIG_ARRAYS)
+
+
+def _rig(**changes):
+    return make_result(**{**make_rig(), **changes})
+
+
+@pytest.mark.parametrize("res, message", [
+    (_rig(rig_joints=None), r"rig arrays come as a set; rig_joints missing"),
+    (_rig(rig_expr_dirs=np.zeros((2, 12, 3))), r"'rig_expr_dirs'.*axis 0 should be n_expr=3"),
+    (_rig(rig_rest_vertices=np.zeros((11, 3))), r"'rig_rest_vertices'.*axis 0 should be vertices=12"),
+    (_rig(rig_skin_weights=np.zeros((12, 4))), r"'rig_skin_weights'.*axis 1 should be n_joints=5"),
+    (_rig(rig_parents=np.array([-1, 0, 1])), r"'rig_parents'.*axis 0 should be n_joints=5"),
+    (_rig(rig_parents=np.array([-1, 0, 3, 1, 1])), r"rig_parents \[-1, 0, 3, 1, 1\] must be -1 for joint 0"),
+    (_rig(rig_parents=np.array([0, 0, 1, 1, 1])), r"rig_parents .* must be -1 for joint 0"),
+    (_rig(rig_parents=np.zeros(5, np.float32)), r"'rig_parents' has dtype float32; expected integers"),
+    (_rig(rig_joints=np.full((5, 3), np.inf)), r"'rig_joints' holds NaN or infinite"),
+])
+def test_writer_refuses_bad_rig_arrays(tmp_path, res, message):
+    with pytest.raises(ResultError, match=message):
+        write_result(tmp_path / "x.npz", res)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_reader_refuses_a_partial_rig(tmp_path):
+    path = write_result(tmp_path / "r.npz", make_result(**make_rig()))
+    arrays = raw_arrays(path)
+    del arrays["rig_skin_weights"]
+    rewrite(path, arrays)
+    with pytest.raises(ResultError, match="rig_skin_weights missing"):
+        read_result(path)
 
 
 def test_writes_exactly_the_given_name_and_replaces_old_file(tmp_path):

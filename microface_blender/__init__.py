@@ -1,0 +1,41 @@
+"""MicroFace for Blender: import fine-grained facial micro-expression reconstructions.
+
+Imports only bpy, the standard library and numpy; never the backend (it runs in its own Python).
+Modules without bpy (lbs, detail, frame_map, rigdata, paths) are plain numpy and tested as such.
+"""
+from __future__ import annotations
+
+import bpy
+from bpy.props import StringProperty
+
+from . import operators, prefs, ui
+
+_CLASSES = (
+    prefs.MicroFacePreferences,
+    operators.MICROFACE_OT_import_result,
+    ui.MICROFACE_PT_main,
+)
+
+# (type, attribute, property) added on register and removed on unregister.
+_PROPERTIES = (
+    (bpy.types.WindowManager, "microface_status",
+     StringProperty(name="MicroFace Status", description="Summary of the last MicroFace import")),
+)
+
+
+def register():
+    prefs.set_defaults()
+    for cls in _CLASSES:
+        bpy.utils.register_class(cls)
+    for owner, attr, prop in _PROPERTIES:
+        setattr(owner, attr, prop)
+    bpy.types.TOPBAR_MT_file_import.append(operators.menu_func_import)
+
+
+def unregister():
+    bpy.types.TOPBAR_MT_file_import.remove(operators.menu_func_import)
+    for owner, attr, _prop in reversed(_PROPERTIES):
+        if hasattr(owner, attr):
+            delattr(owner, attr)
+    for cls in reversed(_CLASSES):
+        bpy.utils.unregister_class(cls)

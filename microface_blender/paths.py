@@ -1,0 +1,39 @@
+"""Where the add-on finds the backend's Python (no bpy)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+BUILD_INFO = "build_info.json"  # written into the zip by `build.py pack`
+PYTHON_HINT = "run `python3 build.py env` in the MicroFace checkout to create its .venv, then pick .venv/bin/python"
+
+
+def venv_python(root: Path) -> Path:
+    return root / ".venv" / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def checkout_roots(package_dir: Path = PACKAGE_DIR) -> list[Path]:
+    """Checkouts this add-on may belong to: the folder above it (running from the repo) and the
+    checkout ``build.py pack`` recorded in the zip (an installed extension lives elsewhere)."""
+    roots = [package_dir.parent]
+    try:
+        info = json.loads((package_dir / BUILD_INFO).read_text(encoding="utf-8"))
+        if isinstance(info.get("source_root"), str):
+            roots.append(Path(info["source_root"]))
+    except (OSError, ValueError, AttributeError):
+        pass
+    return roots
+
+
+def find_backend_python(package_dir: Path = PACKAGE_DIR, environ=os.environ) -> str:
+    """The backend's interpreter: ``$MICROFACE_PYTHON``, else a checkout's ``.venv`` python, else ""."""
+    env = environ.get("MICROFACE_PYTHON", "")
+    if env and Path(env).is_file():
+        return env
+    for root in checkout_roots(package_dir):
+        py = venv_python(root)
+        if py.is_file() and (root / "backend" / "__init__.py").is_file():
+            return str(py)
+    return ""
