@@ -3,13 +3,16 @@
 Runs as ``python3 build.py COMMAND ...`` and as ``blender -b -P build.py -- COMMAND ...``.
 
 Commands:
+  [batch] INPUT... -o OUTDIR [...]      convert clips or folders of clips to OUTDIR/<stem>.blend
+                                        (--fbx --gltf --abc exports; ``batch --help`` lists the options);
+                                        the default when the first argument is no other command
   reconstruct VIDEO -o OUT.npz [...]   run the backend on a clip (``python -m backend reconstruct``)
   test [pytest args]                    run the test suite
   env                                   only create or update the local environment
   pack [-o DIR]                         write the Blender extension zip DIR/microface-<version>.zip
                                         (default DIR: dist/); needs no environment
 
-The first two create or reuse ``.venv`` beside this file, idempotently: the pinned set in
+All but ``pack`` create or reuse ``.venv`` beside this file, idempotently: the pinned set in
 ``pyproject.toml`` ([tool.microface.env]) is installed once and re-installed only when it changes.
 """
 from __future__ import annotations
@@ -84,10 +87,41 @@ def ensure_env(quiet: bool = True) -> Path:
     return py
 
 
-def _run_in_env(args: list[str]) -> int:
+def _run_in_env(args: list[str], cwd: Path | None = ROOT) -> int:
+    """Run ``.venv``'s python with ``args`` (the checkout on its path); ``cwd=None``: the caller's folder."""
     py = ensure_env()
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([str(py), *args], cwd=ROOT, env=env).returncode
+    return subprocess.run([str(py), *args], cwd=cwd, env=env).returncode
+
+
+def _in_env() -> bool:
+    """True when this interpreter is the project's ``.venv`` (where ``bpy`` is the PyPI module)."""
+    return Path(sys.prefix).resolve() == VENV.resolve()
+
+
+def batch(args: list[str]) -> int:
+    """Batch conversion (``microface_blender/batch.py``) in a Python that has bpy: Blender's own
+    (``blender -b -P``) or the .venv's, into which plain ``python3`` re-executes this script. The
+    backend always runs as a child process with the .venv's python."""
+    if "bpy" not in sys.modules and not _in_env():
+        # The caller's folder stays the working folder: relative inputs and OUTDIR mean what they said.
+        return _run_in_env([str(ROOT / "build.py"), "batch", *args], cwd=None)
+    py = ensure_env()
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from microface_blender import batch as batch_module  # imports bpy: only here, never at the top
+
+    return batch_module.main(args, python=str(py), backend_root=ROOT)
+
+
+COMMANDS = ("batch", "reconstruct", "test", "env", "pack")
+
+
+def route(argv: list[str]) -> tuple[str, list[str]]:
+    """(command, its arguments); a first argument that names no command starts a batch."""
+    if argv and argv[0] in COMMANDS:
+        return argv[0], argv[1:]
+    return "batch", list(argv)
 
 
 PACKAGE = ROOT / "microface_blender"
@@ -157,12 +191,14 @@ def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(__doc__)
         return 0 if argv else 2
-    cmd, rest = argv[0], argv[1:]
+    cmd, rest = route(argv)
+    if cmd == "batch":
+        return batch(rest)
     if cmd == "env":
         ensure_env(quiet=False)
         return 0
     if cmd == "reconstruct":
-        return _run_in_env(["-m", "backend", "reconstruct", *rest])
+        return _run_in_env(["-m", "backend", "reconstruct", *rest], cwd=None)
     if cmd == "test":
         return _run_in_env(["-m", "pytest", *rest])
     if cmd == "pack":
@@ -172,8 +208,7 @@ def main(argv: list[str]) -> int:
         ap.add_argument("-o", "--output-dir", type=Path, default=ROOT / "dist", help="folder for the zip")
         print(pack(ap.parse_args(rest).output_dir))
         return 0
-    print(f"error: unknown command {cmd!r}; try: reconstruct, test, env, pack", file=sys.stderr)
-    return 2
+    raise AssertionError(cmd)  # route() gives only COMMANDS
 
 
 if __name__ == "__main__":

@@ -80,6 +80,7 @@ class FlameModel:
         """The result file's optional ``rig_*`` arrays for identity ``shape`` (n_shape,): rest vertices
         (V, 3) and joints (J, 3) at zero expression and pose, expression directions (n_expr, V, 3) per
         unit coefficient, parents (J,) and skinning weights (V, J). Metres, head-model frame, float32.
+        Also the per-vertex region labels (V,) int8 (index into ``region_names``, -1 outside).
         Pose correctives (posedirs) are not part of it."""
         rest = self.v_template.astype(np.float64) + self.shapedirs.astype(np.float64) @ np.asarray(shape, np.float64)
         f32 = np.float32
@@ -89,6 +90,7 @@ class FlameModel:
             "rig_joints": (self.j_regressor.astype(np.float64) @ rest).astype(f32),
             "rig_parents": self.parents.astype(np.int32),
             "rig_skin_weights": self.weights.astype(f32),
+            "rig_region_labels": self.region_labels.astype(np.int8),
         }
 
     def region_vertices(self, name: str) -> np.ndarray:

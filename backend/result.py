@@ -60,11 +60,15 @@ _OPTIONAL_ARRAYS: dict[str, tuple[str, tuple, bool]] = {
     "rig_joints": ("float32", ("J", 3), True),
     "rig_parents": ("int32", ("J",), False),
     "rig_skin_weights": ("float32", ("V", "J"), True),
+    # Per-vertex region (index into REGION_NAMES, -1 outside): lets a reader weigh edits by region.
+    "rig_region_labels": ("int8", ("V",), False),
 }
+# Integer arrays whose values must lie in [low, high] (checked before narrowing, which would wrap).
+_VALUE_RANGES = {"rig_region_labels": (-1, len(REGION_NAMES) - 1)}
 RIG_ARRAYS = ("rig_rest_vertices", "rig_expr_dirs", "rig_joints", "rig_parents", "rig_skin_weights")
 _SYMBOL_NAMES = {"T": "frames", "V": "vertices", "F": "faces", "S": "n_shape", "E": "n_expr", "P": "3*n_joints",
                  "J": "n_joints"}
-_KIND = {"float32": "f", "int32": "iu", "int64": "iu", "bool": "b"}
+_KIND = {"float32": "f", "int8": "iu", "int32": "iu", "int64": "iu", "bool": "b"}
 _KIND_WORD = {"f": "floats", "iu": "integers", "b": "booleans"}
 
 META_KEYS = ("format", "version", "backend_version", "created", "source", "fps", "frame_range", "head_model",
@@ -112,6 +116,7 @@ class Result:
     rig_joints: np.ndarray | None = None         # (J, 3) float32 rest joint positions of rig_rest_vertices
     rig_parents: np.ndarray | None = None        # (J,) int32 parent joint, -1 for the root; parents come first
     rig_skin_weights: np.ndarray | None = None   # (V, J) float32 skinning weights
+    rig_region_labels: np.ndarray | None = None  # (V,) int8 region index into meta region_names, -1 outside (optional)
 
     @property
     def has_rig(self) -> bool:
@@ -225,6 +230,10 @@ def validate(arrays: Mapping[str, Any], meta: Any, where: str = "result") -> dic
                 label = f"{_SYMBOL_NAMES[want]}={expect}" if isinstance(want, str) else str(want)
                 raise ResultError(f"{where}: inconsistent shapes: array {name!r} has shape {a.shape}, but axis "
                                   f"{axis} should be {label}")
+        if name in _VALUE_RANGES and a.size:
+            low, high = _VALUE_RANGES[name]
+            if a.min() < low or a.max() > high:
+                raise ResultError(f"{where}: array {name!r} holds values outside {low}..{high}")
         a = a.astype(dtype, copy=False)
         if finite and not np.isfinite(a).all():
             raise ResultError(f"{where}: array {name!r} holds NaN or infinite values")

@@ -9,11 +9,15 @@ import bpy
 from bpy.props import StringProperty
 
 from . import operators, prefs, ui
+from . import keyframe_tools
+from . import strip_ops
 
 _CLASSES = (
     prefs.MicroFacePreferences,
     operators.MICROFACE_OT_import_result,
     ui.MICROFACE_PT_main,
+    *keyframe_tools.CLASSES,  # after MICROFACE_PT_main: its sub-panel needs the parent registered
+    *strip_ops.CLASSES,
 )
 
 # (type, attribute, property) added on register and removed on unregister.
@@ -33,6 +37,7 @@ def register():
 
 
 def unregister():
+    strip_ops.stop_running()  # a reconstruction in flight: its child, timer and status text
     bpy.types.TOPBAR_MT_file_import.remove(operators.menu_func_import)
     for owner, attr, _prop in reversed(_PROPERTIES):
         if hasattr(owner, attr):

@@ -19,14 +19,20 @@ from pathlib import Path
 import bpy
 import numpy as np
 
-from . import rigdata
+from . import keyframe_math, rigdata
 from .anim import ActionWriter
+from .camera import CameraOptions, add_camera
 from .detail import DEFAULT_MAX_KEYS, DEFAULT_TOLERANCE
 from .frame_map import FrameMap, resolve_frame_map
 from .resultfile import result_module
 
 DETAIL_PREFIX = "detail_"
 PROP_PREFIX = "microface_"
+# On the head: shape key name -> its share of displacement energy in each of the 8 face regions
+# (only when the result has rig_region_labels). On the rig: bone name -> the region whose gain
+# amplifies it ("" for rigid head motion). The keyframe tools read both.
+KEY_REGIONS = PROP_PREFIX + "key_regions"
+BONE_REGIONS = PROP_PREFIX + "bone_regions"
 
 
 class ImportFailed(Exception):
@@ -49,6 +55,7 @@ class Imported:
     detail_max_error: float               # metres, worst per-vertex error of the micro-detail keys
     detail_mean_error: float              # metres
     timings: dict = field(default_factory=dict)  # stage -> seconds
+    camera: bpy.types.Object | None = None  # the matched camera, when asked for
 
 
 def _props(res, path: Path, rig: rigdata.RigData, frames: np.ndarray) -> dict:
@@ -163,6 +170,19 @@ def _add_shape_keys(obj, rig: rigdata.RigData) -> tuple[list, list]:
     return expr_keys, detail_keys
 
 
+def _region_props(res, rig: rigdata.RigData, rig_obj, mesh_obj, key_list) -> None:
+    """Where each shape key and bone acts, for per-region editing (see :mod:`.keyframe_math`)."""
+    names = keyframe_math.bone_regions(rig.joint_names)
+    rig_obj[BONE_REGIONS] = {bone.name: region or "" for bone, region in zip(rig_obj.data.bones, names)}
+    labels = getattr(res, "rig_region_labels", None)
+    if labels is None:  # a file from before the labels: per-region gains are not available
+        return
+    d = rig.detail
+    deltas = np.concatenate([rig.expr_dirs, d.keys]) if d.n_keys else rig.expr_dirs
+    shares = keyframe_math.region_shares(deltas, labels)
+    mesh_obj[KEY_REGIONS] = {kb.name: share.tolist() for (kb, _values), share in zip(key_list, shares)}
+
+
 def _animate(name: str, rig: rigdata.RigData, rig_obj, bone_names: list[str], mesh_obj, key_list,
              frames: np.ndarray, interpolation: str, created: list) -> None:
     act = ActionWriter(f"{name}_rig", 'OBJECT', f"{name}_rig")
@@ -189,7 +209,7 @@ def _animate(name: str, rig: rigdata.RigData, rig_obj, bone_names: list[str], me
 def import_result(context, path, *, frame_map: FrameMap = None, name: str | None = None,
                   collection: bpy.types.Collection | None = None, detail_tolerance: float = DEFAULT_TOLERANCE,
                   max_detail_keys: int = DEFAULT_MAX_KEYS, interpolation: str = 'LINEAR',
-                  select: bool = True) -> Imported:
+                  select: bool = True, camera: CameraOptions | bool = False) -> Imported:
     """Import the result file ``path`` into ``context.scene`` in one go.
 
     frame_map: scene frame of each result frame (see :mod:`.frame_map`); by default the first
@@ -199,6 +219,8 @@ def import_result(context, path, *, frame_map: FrameMap = None, name: str | None
     detail_tolerance (metres), max_detail_keys: bound the micro-detail PCA.
     interpolation: of every key, 'LINEAR' (default), 'CONSTANT' or 'BEZIER'.
     select: select the new objects and make the rig active.
+    camera: also add a camera matched to the result, with the clip behind it (True, or
+        :class:`.camera.CameraOptions`); it goes too if the import fails.
     Raises :class:`ImportFailed` (one line) on a missing, foreign, damaged or rig-less file; on any
     error every datablock made so far is removed again.
     """
@@ -228,6 +250,7 @@ def import_result(context, path, *, frame_map: FrameMap = None, name: str | None
     if prev_active is not None and prev_active.mode != 'OBJECT':
         bpy.ops.object.mode_set(mode='OBJECT')
     created: list[bpy.types.ID] = []
+    cam_obj = None
     try:
         coll = bpy.data.collections.new(name)
         created.append(coll)
@@ -241,10 +264,14 @@ def import_result(context, path, *, frame_map: FrameMap = None, name: str | None
         t = time.perf_counter()
         _animate(name, rig, rig_obj, bone_names, mesh_obj, expr_keys + detail_keys, frames, interpolation, created)
         timings["animate"] = time.perf_counter() - t
+        _region_props(res, rig, rig_obj, mesh_obj, expr_keys + detail_keys)
         props = _props(res, path, rig, frames)
         for id_data in (coll, rig_obj, mesh_obj):
             for key, value in props.items():
                 id_data[PROP_PREFIX + key] = value
+        if camera:  # last: it may change the scene's resolution and camera
+            cam_obj = add_camera(context, name, res, rig_obj, coll, frames, created,
+                                 camera if isinstance(camera, CameraOptions) else CameraOptions())
     except BaseException:
         if view_layer.objects.active is not None and view_layer.objects.active.mode != 'OBJECT':
             bpy.ops.object.mode_set(mode='OBJECT')
@@ -263,4 +290,4 @@ def import_result(context, path, *, frame_map: FrameMap = None, name: str | None
     d = rig.detail
     return Imported(collection=coll, rig=rig_obj, mesh=mesh_obj, scene_frames=frames,
                     n_expression_keys=len(expr_keys), n_detail_keys=d.n_keys, detail_max_error=d.max_error,
-                    detail_mean_error=d.mean_error, timings=timings)
+                    detail_mean_error=d.mean_error, timings=timings, camera=cam_obj)

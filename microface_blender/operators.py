@@ -24,6 +24,9 @@ _INTERPOLATION = EnumProperty(
     items=(('LINEAR', "Linear", "Straight lines between frames (faithful between keys)"),
            ('BEZIER', "Bezier", "Smooth curves (easier to edit)"),
            ('CONSTANT', "Constant", "Hold each frame")))
+_ADD_CAMERA = BoolProperty(
+    name="Add Camera", default=False,
+    description="Add a camera matched to the reconstruction, with the source clip (when found) as its background")
 _SET_FRAME_RANGE = BoolProperty(
     name="Set Frame Range", default=True, description="Fit the scene's frame range to the imported animation")
 
@@ -41,13 +44,15 @@ class MICROFACE_OT_import_result(bpy.types.Operator, ImportHelper):
     max_detail_keys: _MAX_DETAIL_KEYS
     interpolation: _INTERPOLATION
     set_frame_range: _SET_FRAME_RANGE
+    add_camera: _ADD_CAMERA
 
     def execute(self, context):
         from .importer import ImportFailed, import_result
 
         try:
             out = import_result(context, self.filepath, detail_tolerance=self.detail_tolerance_mm * 1e-3,
-                                max_detail_keys=self.max_detail_keys, interpolation=self.interpolation)
+                                max_detail_keys=self.max_detail_keys, interpolation=self.interpolation,
+                                camera=self.add_camera)
         except ImportFailed as exc:
             self.report({'ERROR'}, str(exc))
             return {'CANCELLED'}

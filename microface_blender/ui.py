@@ -3,6 +3,7 @@
 import bpy
 
 from .importer import PROP_PREFIX
+from .strip_ops import draw_reconstruct
 
 # (custom property, label, format) shown for the active MicroFace object.
 _INFO = (
@@ -26,6 +27,7 @@ class MICROFACE_PT_main(bpy.types.Panel):
     def draw(self, context):
         layout = self.layout
         layout.operator("microface.import_result", icon='IMPORT')
+        draw_reconstruct(layout, context)  # the active movie strip of the sequencer
         status = context.window_manager.microface_status
         if status:
             layout.label(text=status)

@@ -123,6 +123,10 @@ _INSTALL_SCRIPT = textwrap.dedent('''
             "operator": hasattr(bpy.types, "MICROFACE_OT_import_result")
                         and "import_result" in dir(bpy.ops.microface),
             "panel": hasattr(bpy.types, "MICROFACE_PT_main"),
+            "strip_operators": all(hasattr(bpy.types, c) for c in ("MICROFACE_OT_reconstruct_strip",
+                                                                   "MICROFACE_OT_reconstruct_cancel"))
+                               and "reconstruct_strip" in dir(bpy.ops.microface),
+            "sequencer_panel": hasattr(bpy.types, "MICROFACE_PT_sequencer"),
             "preferences": PKG in bpy.context.preferences.addons,
             "wm_property": hasattr(bpy.types.WindowManager, "microface_status"),
             "menu": bool(menu),
@@ -135,6 +139,8 @@ _INSTALL_SCRIPT = textwrap.dedent('''
     prefs = bpy.context.preferences.addons[PKG].preferences
     out["prefs"] = {"python": prefs.python, "cache_dir": prefs.cache_dir, "device": prefs.device}
     out["import"] = sorted(bpy.ops.microface.import_result(filepath=result_path))
+    out["strip_poll"] = [bpy.ops.microface.reconstruct_strip.poll(),
+                         sys.modules[PKG + ".strip_ops"].unavailable_reason(bpy.context)]
     out["result_module"] = sys.modules[PKG + ".result"].__file__
     out["objects"] = sorted(o.name for o in bpy.data.objects)
     repo = [r for r in bpy.context.preferences.extensions.repos if r.module == "user_default"][0]
@@ -165,6 +171,8 @@ def test_packed_zip_installs_works_and_uninstalls_cleanly(packed, tmp_path):
     assert out["install"] == ["FINISHED"]
     enabled = out["enabled"]
     assert enabled["operator"] and enabled["panel"] and enabled["preferences"] and enabled["wm_property"]
+    assert enabled["strip_operators"] and enabled["sequencer_panel"]
+    assert out["strip_poll"] == [False, "Select a movie strip in the Sequencer"]  # no strip: off, with the reason
     assert enabled["menu"]
     ext_dir = user / "extensions" / "user_default" / "microface"
     assert out["prefs"]["python"] == str(ROOT / ".venv" / "bin" / "python")  # found through build_info.json
@@ -175,5 +183,5 @@ def test_packed_zip_installs_works_and_uninstalls_cleanly(packed, tmp_path):
     assert {"synthetic_4_head", "synthetic_4_rig"} <= set(out["objects"])
     assert out["uninstall"] == ["FINISHED"]
     assert out["after"] == {"operator": False, "panel": False, "preferences": False, "wm_property": False,
-                            "menu": False, "modules": []}
+                            "strip_operators": False, "sequencer_panel": False, "menu": False, "modules": []}
     assert out["left_in_repo"] == [".blender_ext"] and not out["cache_left"]

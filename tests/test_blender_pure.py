@@ -12,7 +12,7 @@ import pytest
 from microface_blender import detail, frame_map, lbs, paths, rigdata
 
 PACKAGE = Path(__file__).resolve().parents[1] / "microface_blender"
-PURE = ("lbs", "detail", "frame_map", "rigdata", "paths", "resultfile")
+PURE = ("lbs", "detail", "frame_map", "rigdata", "paths", "resultfile", "keyframe_math")
 
 
 @pytest.fixture(scope="module")

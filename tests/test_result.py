@@ -24,7 +24,7 @@ DTYPES = {
     "landmarks_mp": np.float32, "landmarks_68": np.float32, "valid": np.bool_, "interpolated": np.bool_,
     "align_transforms": np.float32, "fit_error_px": np.float32,
     "rig_rest_vertices": np.float32, "rig_expr_dirs": np.float32, "rig_joints": np.float32,
-    "rig_parents": np.int32, "rig_skin_weights": np.float32,
+    "rig_parents": np.int32, "rig_skin_weights": np.float32, "rig_region_labels": np.int8,
 }
 
 
@@ -170,6 +170,24 @@ def test_writer_refuses_bad_rig_arrays(tmp_path, res, message):
     with pytest.raises(ResultError, match=message):
         write_result(tmp_path / "x.npz", res)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_region_labels_are_optional_and_checked(tmp_path):
+    labels = np.arange(12) % 9 - 1                  # int64 -1..7, as a pipeline hands it over
+    back = read_result(write_result(tmp_path / "r.npz", make_result(**make_rig(), rig_region_labels=labels)))
+    assert back.rig_region_labels.dtype == DTYPES["rig_region_labels"]
+    np.testing.assert_array_equal(back.rig_region_labels, labels)
+    assert read_result(write_result(tmp_path / "n.npz", make_result(**make_rig()))).rig_region_labels is None
+    # Labels without the rig arrays are allowed (they are not one of the five).
+    assert read_result(write_result(tmp_path / "l.npz", make_result(rig_region_labels=labels))).has_rig is False
+    for bad, message in ((np.full(12, 8), r"'rig_region_labels' holds values outside -1..7"),
+                         (np.full(12, 300), r"outside -1..7"),     # would wrap to 44 if narrowed first
+                         (np.full(12, -2), r"outside -1..7"),
+                         (np.zeros(11, np.int8), r"'rig_region_labels'.*axis 0 should be vertices=12"),
+                         (np.zeros(12, np.float32), r"'rig_region_labels' has dtype float32; expected integers")):
+        with pytest.raises(ResultError, match=message):
+            write_result(tmp_path / "x.npz", make_result(**make_rig(), rig_region_labels=bad))
+    assert not (tmp_path / "x.npz").exists()
 
 
 def test_reader_refuses_a_partial_rig(tmp_path):
