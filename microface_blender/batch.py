@@ -16,11 +16,9 @@ Exit codes: 0 when every clip is done or skipped, 1 when any failed, 2 for bad u
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -166,47 +164,35 @@ def backend_command(opts: Options, clip: Path, npz: Path) -> list[str]:
     return [opts.python, "-m", "backend", "reconstruct", str(clip), "-o", str(npz), *opts.backend_args]
 
 
-def run_backend(opts: Options, clip: Path, npz: Path, log_dir: Path) -> int:
-    """Run the backend on ``clip`` into ``npz``; return the frame count. Its JSON progress lines
-    are shown on stderr when that is a terminal. Raises :class:`ClipFailed` with its error line."""
-    env = dict(os.environ)
-    if opts.backend_root is not None:
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(opts.backend_root), env.get("PYTHONPATH")) if p)
+def run_backend(opts: Options, clip: Path, npz: Path) -> int:
+    """Run the backend on ``clip`` into ``npz`` (the strip operator's :class:`backend_job.Job`,
+    waited on); return the frame count. Its progress is shown on stderr when that is a terminal.
+    Raises :class:`ClipFailed` with the backend's one-line error."""
+    from .backend_job import Job, child_env
+
+    root = opts.backend_root or Path.cwd()
+    job = Job(command=backend_command(opts, clip, npz), cwd=root, output=npz, env=child_env(root), reuse=False)
     show = sys.stderr.isatty()
-    message, frames = None, None
-    with open(log_dir / "backend.log", "w+b") as err:  # a file, not a pipe: stderr can never block the child
-        proc = subprocess.Popen(backend_command(opts, clip, npz), stdout=subprocess.PIPE, stderr=err,
-                                stdin=subprocess.DEVNULL, cwd=opts.backend_root, env=env, text=True)
-        try:
-            for line in proc.stdout:
-                try:
-                    event = json.loads(line)
-                except ValueError:
-                    continue
-                if not isinstance(event, dict):
-                    continue
-                if event.get("event") == "stage" and show:
-                    print(f"\r  {clip.name}: {event.get('stage')} {event.get('done')}/{event.get('total')}\033[K",
-                          end="", file=sys.stderr, flush=True)
-                elif event.get("event") == "error":
-                    message = str(event.get("message"))
-                elif event.get("event") == "done":
+    frames = None
+    try:
+        job.start()
+        while True:
+            for event in job.poll():
+                if event.get("event") == "done":
                     frames = event.get("frames")
-            code = proc.wait()
-        except BaseException:  # Ctrl-C or a bug here: never leave the child running
-            proc.kill()
-            proc.wait()
-            raise
-        finally:
-            if show:
-                print("\r\033[K", end="", file=sys.stderr, flush=True)
-        if code != 0 or not npz.is_file():
-            if message is None:
-                err.seek(0)
-                lines = [ln.strip() for ln in err.read().decode(errors="replace").splitlines() if ln.strip()]
-                message = next((ln[len("error:"):].strip() for ln in reversed(lines) if ln.startswith("error:")),
-                               lines[-1] if lines else f"the backend exited with code {code}")
-            raise ClipFailed(message)
+            if show and job.running:
+                print(f"\r  {clip.name}: {job.progress.text}\033[K", end="", file=sys.stderr, flush=True)
+            if not job.running:
+                break
+            time.sleep(0.05)
+    except BaseException:  # Ctrl-C or a bug here: never leave the child running
+        job.cancel()
+        raise
+    finally:
+        if show:
+            print("\r\033[K", end="", file=sys.stderr, flush=True)
+    if job.state != "done":
+        raise ClipFailed(job.message or "the backend failed")
     return int(frames) if frames is not None else -1
 
 
@@ -356,7 +342,7 @@ def convert_clip(opts: Options, clip: Path) -> ClipReport:
         else:
             npz = work / f"{clip.stem}.npz"
             t = time.perf_counter()
-            frames = run_backend(opts, clip, npz, work)
+            frames = run_backend(opts, clip, npz)
             stages["backend"] = time.perf_counter() - t
             written["npz"] = npz
         with _quiet(work / "blender.log"):

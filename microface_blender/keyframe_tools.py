@@ -242,6 +242,21 @@ class _HeadTool:
         return rig, head, ch
 
 
+class _ChannelTool(_HeadTool):
+    """Which channels a tool edits (Blender registers annotations inherited from mixins)."""
+
+    expressions: _EXPRESSIONS
+    detail_keys: _DETAILS
+    bones: _BONES
+
+
+class _OnsetTool(_ChannelTool):
+    """A tool that measures motion from an onset."""
+
+    onset: _ONSET
+    onset_frame: _ONSET_FRAME
+
+
 # --- amplify -------------------------------------------------------------------------------------
 
 _GAIN = FloatProperty(name="Gain", default=1.5, min=-10.0, max=50.0, soft_min=0.0, soft_max=5.0,
@@ -255,7 +270,7 @@ def _region_gain(index: int):
                          description="Extra gain for motion in this face region (multiplies Gain)")
 
 
-class MICROFACE_OT_amplify(_HeadTool, bpy.types.Operator):
+class MICROFACE_OT_amplify(_OnsetTool, bpy.types.Operator):
     """Exaggerate or tone down the micro-expression: scale every key's motion relative to the onset,
     globally and per face region"""
 
@@ -272,11 +287,6 @@ class MICROFACE_OT_amplify(_HeadTool, bpy.types.Operator):
     gain_right_cheek: _region_gain(5)
     gain_forehead: _region_gain(6)
     gain_chin: _region_gain(7)
-    onset: _ONSET
-    onset_frame: _ONSET_FRAME
-    expressions: _EXPRESSIONS
-    detail_keys: _DETAILS
-    bones: _BONES
 
     def draw(self, context):
         layout = self.layout
@@ -411,7 +421,7 @@ def _face_events(head, ch, onset: float, threshold: float) -> np.ndarray:
     return times[km.timing_keys(motion, threshold, _NOISE_FACTOR)]
 
 
-class MICROFACE_OT_smooth(_HeadTool, bpy.types.Operator):
+class MICROFACE_OT_smooth(_OnsetTool, bpy.types.Operator):
     """Smooth the keys in time (zero phase) while keeping the onset key and the micro-expression's
     onset, apex and offset keys, never smoothing across them"""
 
@@ -423,11 +433,6 @@ class MICROFACE_OT_smooth(_HeadTool, bpy.types.Operator):
     degree: _DEGREE
     timing: _TIMING
     threshold: _THRESHOLD
-    onset: _ONSET
-    onset_frame: _ONSET_FRAME
-    expressions: _EXPRESSIONS
-    detail_keys: _DETAILS
-    bones: _BONES
 
     def draw(self, context):
         layout = self.layout
@@ -562,7 +567,7 @@ def _clean_curve(fc, tolerance: float, linear: int) -> tuple[int, int]:
         keep = refined
 
 
-class MICROFACE_OT_clean(_HeadTool, bpy.types.Operator):
+class MICROFACE_OT_clean(_ChannelTool, bpy.types.Operator):
     """Remove the keys that the remaining keys reproduce within a tolerance (in millimetres of mesh
     motion per channel)"""
 
@@ -571,9 +576,6 @@ class MICROFACE_OT_clean(_HeadTool, bpy.types.Operator):
     bl_options = {'REGISTER', 'UNDO'}
 
     tolerance_mm: _TOLERANCE_MM
-    expressions: _EXPRESSIONS
-    detail_keys: _DETAILS
-    bones: _BONES
 
     def draw(self, context):
         layout = self.layout

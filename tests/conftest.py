@@ -28,3 +28,28 @@ def write_video(path: Path, frames: np.ndarray, fps: float = 30.0) -> Path:
         vw.write(np.ascontiguousarray(f[..., ::-1]))
     vw.release()
     return path
+
+
+def evaluated_vertices(obj, world: bool = False) -> np.ndarray:
+    """(V, 3) float64 metres: the depsgraph-evaluated mesh of a Blender object (shape keys and
+    armature applied), in its local space, or in world space with ``world``."""
+    import bpy
+
+    ev = obj.evaluated_get(bpy.context.evaluated_depsgraph_get())
+    me = ev.to_mesh()
+    co = np.empty(3 * len(me.vertices), np.float64)
+    me.vertices.foreach_get("co", co)
+    m = np.array(ev.matrix_world)
+    ev.to_mesh_clear()
+    co = co.reshape(-1, 3)
+    return co @ m[:3, :3].T + m[:3, 3] if world else co
+
+
+@pytest.fixture(scope="module")
+def registered_addon():
+    """The add-on registered from the repo for a test module, unregistered after it."""
+    import microface_blender
+
+    microface_blender.register()
+    yield microface_blender
+    microface_blender.unregister()

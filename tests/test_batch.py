@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from conftest import shared_video
+from conftest import evaluated_vertices, shared_video
 
 bpy = pytest.importorskip("bpy")
 
@@ -71,16 +71,6 @@ def test_batch_reports_each_clip_and_fails_honestly(run):
     assert run.res is not None and len(run.res.vertices) == END + 1
 
 
-def _evaluated(obj) -> np.ndarray:
-    """(V, 3) float64: the evaluated mesh of ``obj`` in world space, metres."""
-    dg = bpy.context.evaluated_depsgraph_get()
-    ev = obj.evaluated_get(dg)
-    me = ev.to_mesh()
-    co = np.empty(3 * len(me.vertices), np.float64)
-    me.vertices.foreach_get("co", co)
-    m = np.array(ev.matrix_world)
-    ev.to_mesh_clear()
-    return co.reshape(-1, 3) @ m[:3, :3].T + m[:3, 3]
 
 
 def _frames_to_check(n: int) -> list[int]:
@@ -110,7 +100,7 @@ def blend(run):
     for t in _frames_to_check(len(run.res.vertices)):
         scene.frame_set(1 + t)
         ref = run.res.vertices[t].astype(np.float64) @ world[:3, :3].T + world[:3, 3]
-        errs.append(np.linalg.norm(_evaluated(head) - ref, axis=1).max())
+        errs.append(np.linalg.norm(evaluated_vertices(head, world=True) - ref, axis=1).max())
     keys = head.data.shape_keys
     # Plain values only: later tests load other files, which frees these datablocks.
     return SimpleNamespace(scene=(scene.frame_start, scene.frame_end, scene.render.fps / scene.render.fps_base),
@@ -163,7 +153,7 @@ def test_export_reimports_with_the_animation(run, blend, fmt):
     for t in _frames_to_check(n):
         scene.frame_set(1 + t)
         ref = res.vertices[t].astype(np.float64) @ blend.world[:3, :3].T + blend.world[:3, 3]
-        errs[t] = float(np.linalg.norm(_evaluated(head) - ref, axis=1).max())
+        errs[t] = float(np.linalg.norm(evaluated_vertices(head, world=True) - ref, axis=1).max())
     print(f"{fmt}: max error per frame (mm) {({t: round(e * 1e3, 4) for t, e in errs.items()})}; "
           f".blend {blend.err * 1e3:.4f} mm")
     # Axis conversion and unit scale undone by the importers: the error is the .blend's own (the
@@ -197,7 +187,7 @@ def test_force_redoes_and_a_failed_export_replaces_nothing(run, batch_module, tm
     out.mkdir()
     clip = run.clips / "single_face.mp4"
 
-    def fake_backend(opts, clip_, npz, log_dir):
+    def fake_backend(opts, clip_, npz):
         shutil.copyfile(run.out / "single_face.npz", npz)
         return len(run.res.vertices)
 

@@ -11,6 +11,7 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
+from conftest import evaluated_vertices  # noqa: E402
 from backend.result import RIG_ARRAYS, write_result  # noqa: E402
 from microface_blender import importer  # noqa: E402
 
@@ -39,12 +40,8 @@ def result_path(synth, tmp_path_factory):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def addon():
-    import microface_blender
-
-    microface_blender.register()
-    yield microface_blender
-    microface_blender.unregister()
+def addon(registered_addon):
+    return registered_addon
 
 
 @pytest.fixture
@@ -61,14 +58,6 @@ def _counts() -> dict:
     return out
 
 
-def _evaluated(obj) -> np.ndarray:
-    dg = bpy.context.evaluated_depsgraph_get()
-    ev = obj.evaluated_get(dg)
-    me = ev.to_mesh()
-    co = np.empty(3 * len(me.vertices), np.float32)
-    me.vertices.foreach_get("co", co)
-    ev.to_mesh_clear()
-    return co.reshape(-1, 3)
 
 
 def test_evaluated_mesh_equals_the_result_at_every_frame(scene, synth, result_path):
@@ -79,7 +68,7 @@ def test_evaluated_mesh_equals_the_result_at_every_frame(scene, synth, result_pa
         scene.frame_set(int(out.scene_frames[t]))
         # The mesh is parented to the rig with an identity: its local space is the rig's, which is
         # the result's camera space.
-        errs.append(np.sqrt(((_evaluated(out.mesh) - synth.vertices[t]) ** 2).sum(1)).max())
+        errs.append(np.sqrt(((evaluated_vertices(out.mesh) - synth.vertices[t]) ** 2).sum(1)).max())
     err = max(errs)
     print(f"exactness: max {err * 1e3:.4f} mm over {T} frames; {out.n_detail_keys} detail keys, PCA max "
           f"{out.detail_max_error * 1e3:.4f} mm, mean {out.detail_mean_error * 1e3:.5f} mm")
@@ -244,4 +233,4 @@ def test_single_frame_result(scene, model, tmp_path):
     res = synthetic_result(model, 1, seed=2, first_frame=40)
     out = importer.import_result(bpy.context, write_result(tmp_path / "one.npz", res))
     scene.frame_set(1)
-    assert np.sqrt(((_evaluated(out.mesh) - res.vertices[0]) ** 2).sum(1)).max() <= 1e-4
+    assert np.sqrt(((evaluated_vertices(out.mesh) - res.vertices[0]) ** 2).sum(1)).max() <= 1e-4

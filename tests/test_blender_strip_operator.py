@@ -20,7 +20,7 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
-from conftest import shared_video  # noqa: E402
+from conftest import evaluated_vertices, shared_video  # noqa: E402
 from microface_blender import backend_job, strip_ops  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,12 +31,8 @@ FRAME_START, FIRST, LAST = 20, 3, 12
 
 
 @pytest.fixture(scope="module", autouse=True)
-def addon():
-    import microface_blender
-
-    microface_blender.register()
-    yield microface_blender
-    microface_blender.unregister()
+def addon(registered_addon):
+    return registered_addon
 
 
 @pytest.fixture(scope="module")
@@ -85,14 +81,6 @@ def _key_frames(id_data) -> np.ndarray:
     return co[0::2]
 
 
-def _evaluated(obj) -> np.ndarray:
-    dg = bpy.context.evaluated_depsgraph_get()
-    ev = obj.evaluated_get(dg)
-    me = ev.to_mesh()
-    co = np.empty(3 * len(me.vertices), np.float32)
-    me.vertices.foreach_get("co", co)
-    ev.to_mesh_clear()
-    return co.reshape(-1, 3)
 
 
 def _read(path):
@@ -143,7 +131,7 @@ def test_strip_end_to_end_stepped_like_the_modal_operator(strip_scene, settings,
     # The evaluated head at the scene frame of source frame 7 is the backend's vertices for it.
     t = 7 - FIRST
     scene.frame_set(int(expected[t]))
-    err = np.abs(_evaluated(out.mesh) - res.vertices[t]).max()
+    err = np.abs(evaluated_vertices(out.mesh) - res.vertices[t]).max()
     assert err < 1e-4, err
     assert out.camera is not None and out.camera.parent == out.rig
 
@@ -177,7 +165,7 @@ def test_camera_projects_the_mesh_onto_the_footage(strip_scene, settings, video)
     for t in (0, 5, len(res.frame_indices) - 1):
         scene.frame_set(int(out.scene_frames[t]))
         mw = np.array(out.mesh.matrix_world)
-        local = _evaluated(out.mesh)[idx]
+        local = evaluated_vertices(out.mesh)[idx]
         world = local @ mw[:3, :3].T + mw[:3, 3]
         got = _pixels(scene, cam, world)
         worst = max(worst, np.abs(got - _project(res, res.vertices[t][idx])).max())
@@ -205,7 +193,7 @@ def test_camera_shift_signs_for_an_off_centre_portrait_camera(tmp_path):
     assert len(out.camera.data.background_images) == 0  # clip="" asks for none
     scene.frame_set(int(out.scene_frames[0]))  # evaluates the parenting
     mw = np.array(out.mesh.matrix_world)
-    local = _evaluated(out.mesh)[::50]
+    local = evaluated_vertices(out.mesh)[::50]
     got = _pixels(scene, out.camera, local @ mw[:3, :3].T + mw[:3, 3])
     err = np.abs(got - _project(synth, synth.vertices[0][::50])).max()
     assert err < 0.5, err

@@ -9,6 +9,7 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
+from conftest import evaluated_vertices  # noqa: E402
 from backend.result import write_result  # noqa: E402
 from microface_blender import importer, keyframe_tools  # noqa: E402
 from microface_blender import keyframe_math as km  # noqa: E402
@@ -38,12 +39,8 @@ def result_path(synth, tmp_path_factory):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def addon():
-    import microface_blender
-
-    microface_blender.register()
-    yield microface_blender
-    microface_blender.unregister()
+def addon(registered_addon):
+    return registered_addon
 
 
 @pytest.fixture
@@ -91,14 +88,6 @@ def _snapshot(out):
     return snap
 
 
-def _evaluated(obj) -> np.ndarray:
-    dg = bpy.context.evaluated_depsgraph_get()
-    ev = obj.evaluated_get(dg)
-    me = ev.to_mesh()
-    co = np.empty(3 * len(me.vertices), np.float32)
-    me.vertices.foreach_get("co", co)
-    ev.to_mesh_clear()
-    return co.reshape(-1, 3).astype(np.float64)
 
 
 def _frames(out) -> list[int]:
@@ -167,7 +156,7 @@ def _relative_motion(out, frames, bones_still=("global", "neck")) -> np.ndarray:
     meshes = []
     for f in frames:
         bpy.context.scene.frame_set(f)
-        meshes.append(_evaluated(out.mesh))
+        meshes.append(evaluated_vertices(out.mesh))
     meshes = np.array(meshes)
     return np.linalg.norm(meshes - meshes[0], axis=2)
 
@@ -288,7 +277,7 @@ def test_clean_reduces_keys_within_tolerance_at_every_original_frame(head):
     meshes = []
     for f in frames:
         bpy.context.scene.frame_set(f)
-        meshes.append(_evaluated(head.mesh))
+        meshes.append(evaluated_vertices(head.mesh))
     n_before = sum(len(fc.keyframe_points) for id_data in (head.rig, head.mesh.data.shape_keys)
                    for fc in _bag(id_data).fcurves)
     tol_mm = 0.01
@@ -305,7 +294,7 @@ def test_clean_reduces_keys_within_tolerance_at_every_original_frame(head):
     err = []
     for f, ref in zip(frames, meshes):
         bpy.context.scene.frame_set(f)
-        err.append(np.linalg.norm(_evaluated(head.mesh) - ref, axis=1).max())
+        err.append(np.linalg.norm(evaluated_vertices(head.mesh) - ref, axis=1).max())
     print(f"clean at {tol_mm} mm per channel: {n_before} -> {n_after} keys ({100 * (1 - n_after / n_before):.0f} % "
           f"fewer); evaluated mesh moves at most {max(err) * 1e3:.4f} mm")
     assert n_after < 0.8 * n_before
@@ -335,7 +324,7 @@ def test_bake_gives_one_key_per_frame_with_the_same_values(head):
     frames = np.arange(first, last + 1)
     before = [np.array([fc.evaluate(float(f)) for f in frames]) for fc in fcs]
     bpy.context.scene.frame_set(first + 3)                 # between two imported keys
-    mesh_before = _evaluated(head.mesh)
+    mesh_before = evaluated_vertices(head.mesh)
     assert bpy.ops.microface.bake() == {'FINISHED'}
     for fc, values in zip(fcs, before):
         t, w = _keys(fc)
@@ -344,7 +333,7 @@ def test_bake_gives_one_key_per_frame_with_the_same_values(head):
         assert len(fc.modifiers) == 0
         assert {k.interpolation for k in fc.keyframe_points} == {'LINEAR'}
     bpy.context.scene.frame_set(first + 3)
-    assert np.abs(_evaluated(head.mesh) - mesh_before).max() < 1e-6
+    assert np.abs(evaluated_vertices(head.mesh) - mesh_before).max() < 1e-6
 
 
 def test_a_head_without_keys_is_refused_in_one_line(head):
