@@ -29,8 +29,10 @@ def head_space(layer, shape: np.ndarray, expr: np.ndarray, pose: np.ndarray) -> 
     """
     import torch
 
+    from .flame import HEAD_MOTION
+
     pose = np.array(pose, np.float32, copy=True)
-    pose[:, :6] = 0.0
+    pose[:, HEAD_MOTION] = 0.0
     dev = layer.v_template.device
     with torch.no_grad():
         v, _ = layer(torch.as_tensor(shape, dtype=torch.float32, device=dev),

@@ -17,6 +17,9 @@ from .config import asset_id, assets_folder, resolve_asset
 from .errors import MicroFaceError
 from .regions import REGION_NAMES, region_labels
 
+# Pose entries of the head's rigid motion (global and neck rotation); "head space" zeroes them.
+HEAD_MOTION = slice(0, 6)
+
 # Official FLAME files lack these keys; their layout is 300 identity then 100 expression columns.
 _DEFAULT_N_SHAPE, _DEFAULT_N_EXPR, _DEFAULT_EXPR_OFFSET = 300, 100, 300
 _REQUIRED = ("v_template", "f", "shapedirs", "weights", "J_regressor", "kintree_table")

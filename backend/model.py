@@ -18,7 +18,7 @@ from .config import file_sha256
 from .dem import DynamicEncodedModule
 from .dgmd import DGMDConfig, DynamicGuidedDeformation
 from .errors import MicroFaceError
-from .flame import FlameLayer, FlameModel, axis_angle_to_matrix
+from .flame import HEAD_MOTION, FlameLayer, FlameModel, axis_angle_to_matrix
 
 WEIGHTS_FORMAT = "microface-weights"
 WEIGHTS_VERSION = 1
@@ -69,7 +69,7 @@ class MicroFaceNet(nn.Module):
         e, p, tr = expr.reshape(b * t, -1), pose.reshape(b * t, -1), trans.reshape(b * t, 3)
         v_cam, _ = self.flame(shape_bt, e, p, tr)
         p_head = p.clone()
-        p_head[:, :6] = 0.0  # without the head's rigid motion (global and neck)
+        p_head[:, HEAD_MOTION] = 0.0
         v_head, _ = self.flame(shape_bt, e, p_head)
         return v_cam, v_head
 
