@@ -53,3 +53,22 @@ def registered_addon():
     microface_blender.register()
     yield microface_blender
     microface_blender.unregister()
+
+
+@pytest.fixture(scope="session")
+def head_model():
+    """The head model (the stand-in in ../shared/assets unless configured), loaded once."""
+    from backend.flame import load_flame
+
+    return load_flame()
+
+
+def fake_checkout(root: Path, main_py: str, version: str = "") -> Path:
+    """A checkout at ``root/checkout`` whose ``python -m backend`` runs ``main_py`` (for the
+    add-on's child-process tests). Returns the checkout folder."""
+    checkout = root / "checkout"
+    (checkout / "backend").mkdir(parents=True)
+    (checkout / "backend" / "__init__.py").write_text(f'__version__ = "{version}"\n' if version else "")
+    (checkout / "backend" / "cli.py").write_text("")
+    (checkout / "backend" / "__main__.py").write_text(main_py)
+    return checkout

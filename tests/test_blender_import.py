@@ -20,10 +20,8 @@ ID_COLLECTIONS = ("objects", "meshes", "armatures", "actions", "collections", "s
 
 
 @pytest.fixture(scope="module")
-def model():
-    from backend.flame import load_flame
-
-    return load_flame()
+def model(head_model):
+    return head_model
 
 
 @pytest.fixture(scope="module")

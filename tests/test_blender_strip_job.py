@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import shared_video
+from conftest import fake_checkout, shared_video
 from microface_blender import backend_job as bj
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,11 +69,7 @@ _FAKE_CLI = textwrap.dedent('''
 @pytest.fixture
 def fake(tmp_path):
     """(settings, environ, argv log) for a fake checkout whose backend is _FAKE_CLI."""
-    checkout = tmp_path / "checkout"
-    (checkout / "backend").mkdir(parents=True)
-    (checkout / "backend" / "__init__.py").write_text('__version__ = "9.9.9"\n')
-    (checkout / "backend" / "cli.py").write_text("")
-    (checkout / "backend" / "__main__.py").write_text(_FAKE_CLI)
+    checkout = fake_checkout(tmp_path, _FAKE_CLI, version="9.9.9")
     flame = tmp_path / "head.pkl"
     flame.write_bytes(b"not really")
     video = tmp_path / "clip.mp4"

@@ -20,7 +20,7 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
-from conftest import evaluated_vertices, shared_video  # noqa: E402
+from conftest import evaluated_vertices, fake_checkout, shared_video  # noqa: E402
 from microface_blender import backend_job, strip_ops  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -351,11 +351,7 @@ _FAKE = textwrap.dedent('''
 
 @pytest.fixture
 def fake_settings(tmp_path):
-    checkout = tmp_path / "checkout"
-    (checkout / "backend").mkdir(parents=True)
-    (checkout / "backend" / "__init__.py").write_text("")
-    (checkout / "backend" / "cli.py").write_text("")
-    (checkout / "backend" / "__main__.py").write_text(_FAKE)
+    checkout = fake_checkout(tmp_path, _FAKE)
     flame = tmp_path / "head.pkl"
     flame.write_bytes(b"x")
     return backend_job.BackendSettings(python=sys.executable, cache_dir=str(tmp_path / "cache"), flame=str(flame),

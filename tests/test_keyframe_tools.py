@@ -19,10 +19,8 @@ EXPR = 53
 
 
 @pytest.fixture(scope="module")
-def model():
-    from backend.flame import load_flame
-
-    return load_flame()
+def model(head_model):
+    return head_model
 
 
 @pytest.fixture(scope="module")
