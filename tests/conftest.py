@@ -72,3 +72,11 @@ def fake_checkout(root: Path, main_py: str, version: str = "") -> Path:
     (checkout / "backend" / "cli.py").write_text("")
     (checkout / "backend" / "__main__.py").write_text(main_py)
     return checkout
+
+
+@pytest.fixture(scope="module")
+def result_path(synth, tmp_path_factory):
+    """The requesting module's ``synth`` result, written to a file once per module."""
+    from backend.result import write_result
+
+    return write_result(tmp_path_factory.mktemp("res") / "clip.npz", synth)

@@ -20,21 +20,11 @@ ID_COLLECTIONS = ("objects", "meshes", "armatures", "actions", "collections", "s
 
 
 @pytest.fixture(scope="module")
-def model(head_model):
-    return head_model
-
-
-@pytest.fixture(scope="module")
-def synth(model):
+def synth(head_model):
     """30 frames at source frames 100, 102, ... with 3 smooth detail fields and 2 um noise."""
     from backend.synth_result import synthetic_result
 
-    return synthetic_result(model, T, seed=11, first_frame=100, frame_step=2, noise_mm=0.002)
-
-
-@pytest.fixture(scope="module")
-def result_path(synth, tmp_path_factory):
-    return write_result(tmp_path_factory.mktemp("res") / "clip.npz", synth)
+    return synthetic_result(head_model, T, seed=11, first_frame=100, frame_step=2, noise_mm=0.002)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -225,10 +215,10 @@ def test_a_failure_midway_removes_everything_made_so_far(scene, result_path, mon
     assert bpy.context.view_layer.objects.active == active
 
 
-def test_single_frame_result(scene, model, tmp_path):
+def test_single_frame_result(scene, head_model, tmp_path):
     from backend.synth_result import synthetic_result
 
-    res = synthetic_result(model, 1, seed=2, first_frame=40)
+    res = synthetic_result(head_model, 1, seed=2, first_frame=40)
     out = importer.import_result(bpy.context, write_result(tmp_path / "one.npz", res))
     scene.frame_set(1)
     assert np.sqrt(((evaluated_vertices(out.mesh) - res.vertices[0]) ** 2).sum(1)).max() <= 1e-4

@@ -19,21 +19,11 @@ EXPR = 53
 
 
 @pytest.fixture(scope="module")
-def model(head_model):
-    return head_model
-
-
-@pytest.fixture(scope="module")
-def synth(model):
+def synth(head_model):
     """40 frames at source frames 100, 102, ...: keys every second scene frame."""
     from backend.synth_result import synthetic_result
 
-    return synthetic_result(model, T, seed=11, first_frame=100, frame_step=2, noise_mm=0.002)
-
-
-@pytest.fixture(scope="module")
-def result_path(synth, tmp_path_factory):
-    return write_result(tmp_path_factory.mktemp("res") / "clip.npz", synth)
+    return synthetic_result(head_model, T, seed=11, first_frame=100, frame_step=2, noise_mm=0.002)
 
 
 @pytest.fixture(scope="module", autouse=True)
