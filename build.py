@@ -94,6 +94,12 @@ def _run_in_env(args: list[str], cwd: Path | None = ROOT) -> int:
     return subprocess.run([str(py), *args], cwd=cwd, env=env).returncode
 
 
+def _repo_on_path() -> None:
+    """Make the checkout importable (``blender -P`` does not put the script's folder on sys.path)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+
+
 def _in_env() -> bool:
     """True when this interpreter is the project's ``.venv`` (where ``bpy`` is the PyPI module)."""
     return Path(sys.prefix).resolve() == VENV.resolve()
@@ -107,8 +113,7 @@ def batch(args: list[str]) -> int:
         # The caller's folder stays the working folder: relative inputs and OUTDIR mean what they said.
         return _run_in_env([str(ROOT / "build.py"), "batch", *args], cwd=None)
     py = ensure_env()
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
+    _repo_on_path()
     from microface_blender import batch as batch_module  # imports bpy: only here, never at the top
 
     return batch_module.main(args, python=str(py), backend_root=ROOT)
@@ -148,7 +153,6 @@ def _pack_files() -> list[tuple[str, Path]]:
 
 def pack(out_dir: Path) -> Path:
     """Write the installable extension zip into ``out_dir`` atomically; return its path."""
-    import tempfile
     import tomllib
     import zipfile
 
@@ -163,27 +167,17 @@ def pack(out_dir: Path) -> Path:
     target = out_dir / f"{manifest['id']}-{manifest['version']}.zip"
     # Lets an installed extension find this checkout's .venv as the backend's default Python.
     build_info = json.dumps({"version": manifest["version"], "source_root": str(ROOT)}, indent=1)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=out_dir)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            with zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED) as zf:
-                entries = [(name, src.read_bytes()) for name, src in _pack_files()]
-                entries.append(("build_info.json", build_info.encode()))
-                for name, data in entries:
-                    info = zipfile.ZipInfo(name, _ZIP_TIME)
-                    info.external_attr = 0o644 << 16
-                    info.compress_type = zipfile.ZIP_DEFLATED
-                    zf.writestr(info, data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    _repo_on_path()
+    from backend.atomic import atomic_path  # stdlib only, like this script
+
+    entries = [(name, src.read_bytes()) for name, src in _pack_files()]
+    entries.append(("build_info.json", build_info.encode()))
+    with atomic_path(target) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in entries:
+            info = zipfile.ZipInfo(name, _ZIP_TIME)
+            info.external_attr = 0o644 << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, data)
     return target
 
 
