@@ -24,8 +24,11 @@ import math
 
 import numpy as np
 
-# The result format's region order (backend/result.py REGION_NAMES; its reader refuses any other).
-REGION_NAMES = ("left_eye", "right_eye", "nose", "mouth", "left_cheek", "right_cheek", "forehead", "chin")
+from .lbs import axis_angle_to_quaternion
+from .resultfile import result_module
+
+# The result format's region order (its reader refuses any other).
+REGION_NAMES = result_module().REGION_NAMES
 # FLAME's joints (in result-file order: global, neck, jaw, left eye, right eye) -> the region whose
 # gain amplifies them. Global and neck carry rigid head motion: they have none and are never amplified.
 FLAME_BONE_REGIONS = (None, None, "mouth", "left_eye", "right_eye")
@@ -115,7 +118,8 @@ def _normalized(q: np.ndarray) -> np.ndarray:
 
 
 def quat_log(q: np.ndarray) -> np.ndarray:
-    """(..., 4) unit quaternions -> (..., 3) rotation vectors (axis * angle, radians), angle <= pi."""
+    """(..., 4) unit quaternions -> (..., 3) rotation vectors (axis * angle, radians), angle <= pi.
+    The inverse of :func:`.lbs.axis_angle_to_quaternion`."""
     q = _normalized(np.asarray(q, np.float64))
     q = q * np.where(q[..., :1] < 0, -1.0, 1.0)          # the shorter way round
     v = q[..., 1:]
@@ -123,15 +127,6 @@ def quat_log(q: np.ndarray) -> np.ndarray:
     angle = 2.0 * np.arctan2(s, q[..., :1])
     # angle / s -> 2 as s -> 0 (first order), which keeps tiny rotations exact.
     return v * np.where(s > 1e-12, angle / np.where(s > 1e-12, s, 1.0), 2.0)
-
-
-def quat_exp(r: np.ndarray) -> np.ndarray:
-    """(..., 3) rotation vectors (radians) -> (..., 4) unit quaternions (w, x, y, z)."""
-    r = np.asarray(r, np.float64)
-    angle = np.linalg.norm(r, axis=-1, keepdims=True)
-    half = 0.5 * angle
-    k = np.where(angle > 1e-12, np.sin(half) / np.where(angle > 1e-12, angle, 1.0), 0.5)
-    return np.concatenate([np.cos(half), r * k], -1)
 
 
 def amplify_rotations(quats: np.ndarray, onset: np.ndarray, gain: float) -> np.ndarray:
@@ -147,7 +142,7 @@ def amplify_rotations(quats: np.ndarray, onset: np.ndarray, gain: float) -> np.n
     q_on = _normalized(np.asarray(onset, np.float64))
     conj = q_on * np.array([1.0, -1.0, -1.0, -1.0])
     rel = quat_multiply(np.broadcast_to(conj, quats.shape), _normalized(quats))
-    out = quat_multiply(np.broadcast_to(q_on, quats.shape), quat_exp(gain * quat_log(rel)))
+    out = quat_multiply(np.broadcast_to(q_on, quats.shape), axis_angle_to_quaternion(gain * quat_log(rel)))
     flip = (out * quats).sum(-1, keepdims=True) < 0
     return np.where(flip, -out, out)
 

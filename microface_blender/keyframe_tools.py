@@ -205,7 +205,7 @@ _BONES = BoolProperty(name="Bones", default=True, description="Edit the bones' k
 
 
 class _HeadTool:
-    """Poll, onset and channel selection shared by the tools."""
+    """Poll and target lookup shared by the tools."""
 
     @classmethod
     def poll(cls, context):
@@ -213,25 +213,6 @@ class _HeadTool:
             cls.poll_message_set("Select an imported MicroFace head or its rig")
             return False
         return True
-
-    def _onset(self, context, head) -> float:
-        if self.onset == 'CURRENT':
-            return context.scene.frame_current + context.scene.frame_subframe
-        if self.onset == 'FRAME':
-            return float(self.onset_frame)
-        return float(head.get(PROP_PREFIX + "first_scene_frame", context.scene.frame_start))
-
-    def _wants_key(self, is_detail: bool) -> bool:
-        return self.detail_keys if is_detail else self.expressions
-
-    def _draw_common(self, layout) -> None:
-        layout.prop(self, "onset")
-        if self.onset == 'FRAME':
-            layout.prop(self, "onset_frame")
-        row = layout.row(align=True)
-        row.prop(self, "expressions", toggle=True)
-        row.prop(self, "detail_keys", toggle=True)
-        row.prop(self, "bones", toggle=True)
 
     def _target(self, context):
         rig, head = find_head(context.active_object)
@@ -249,12 +230,34 @@ class _ChannelTool(_HeadTool):
     detail_keys: _DETAILS
     bones: _BONES
 
+    def _wants_key(self, is_detail: bool) -> bool:
+        return self.detail_keys if is_detail else self.expressions
+
+    def _draw_channels(self, layout) -> None:
+        row = layout.row(align=True)
+        row.prop(self, "expressions", toggle=True)
+        row.prop(self, "detail_keys", toggle=True)
+        row.prop(self, "bones", toggle=True)
+
 
 class _OnsetTool(_ChannelTool):
     """A tool that measures motion from an onset."""
 
     onset: _ONSET
     onset_frame: _ONSET_FRAME
+
+    def _onset(self, context, head) -> float:
+        if self.onset == 'CURRENT':
+            return context.scene.frame_current + context.scene.frame_subframe
+        if self.onset == 'FRAME':
+            return float(self.onset_frame)
+        return float(head.get(PROP_PREFIX + "first_scene_frame", context.scene.frame_start))
+
+    def _draw_common(self, layout) -> None:
+        layout.prop(self, "onset")
+        if self.onset == 'FRAME':
+            layout.prop(self, "onset_frame")
+        self._draw_channels(layout)
 
 
 # --- amplify -------------------------------------------------------------------------------------
@@ -580,10 +583,7 @@ class MICROFACE_OT_clean(_ChannelTool, bpy.types.Operator):
     def draw(self, context):
         layout = self.layout
         layout.prop(self, "tolerance_mm")
-        row = layout.row(align=True)
-        row.prop(self, "expressions", toggle=True)
-        row.prop(self, "detail_keys", toggle=True)
-        row.prop(self, "bones", toggle=True)
+        self._draw_channels(layout)
 
     def execute(self, context):
         rig, head, ch = self._target(context)
