@@ -164,27 +164,22 @@ def backend_command(opts: Options, clip: Path, npz: Path) -> list[str]:
     return [opts.python, "-m", "backend", "reconstruct", str(clip), "-o", str(npz), *opts.backend_args]
 
 
-def run_backend(opts: Options, clip: Path, npz: Path) -> int:
+def run_backend(opts: Options, clip: Path, npz: Path) -> None:
     """Run the backend on ``clip`` into ``npz`` (the strip operator's :class:`backend_job.Job`,
-    waited on); return the frame count. Its progress is shown on stderr when that is a terminal.
-    Raises :class:`ClipFailed` with the backend's one-line error."""
+    waited on). Its progress is shown on stderr when that is a terminal. Raises
+    :class:`ClipFailed` with the backend's one-line error."""
     from .backend_job import Job, child_env
 
     root = opts.backend_root or Path.cwd()
     job = Job(command=backend_command(opts, clip, npz), cwd=root, output=npz, env=child_env(root), reuse=False)
     show = sys.stderr.isatty()
-    frames = None
     try:
         job.start()
-        while True:
-            for event in job.poll():
-                if event.get("event") == "done":
-                    frames = event.get("frames")
+        while job.running:
+            time.sleep(0.05)
+            job.poll()
             if show and job.running:
                 print(f"\r  {clip.name}: {job.progress.text}\033[K", end="", file=sys.stderr, flush=True)
-            if not job.running:
-                break
-            time.sleep(0.05)
     except BaseException:  # Ctrl-C or a bug here: never leave the child running
         job.cancel()
         raise
@@ -193,7 +188,6 @@ def run_backend(opts: Options, clip: Path, npz: Path) -> int:
             print("\r\033[K", end="", file=sys.stderr, flush=True)
     if job.state != "done":
         raise ClipFailed(job.message or "the backend failed")
-    return int(frames) if frames is not None else -1
 
 
 def _flush_all() -> None:
@@ -337,12 +331,12 @@ def convert_clip(opts: Options, clip: Path) -> ClipReport:
     try:
         written = {}  # kind -> temporary file in `work`
         if opts.keep_result and not opts.force and final["npz"].is_file():
-            npz, frames = final["npz"], -1    # a kept result from an earlier run: no need to recompute it
+            npz = final["npz"]    # a kept result from an earlier run: no need to recompute it
             stages["backend"] = 0.0
         else:
             npz = work / f"{clip.stem}.npz"
             t = time.perf_counter()
-            frames = run_backend(opts, clip, npz)
+            run_backend(opts, clip, npz)
             stages["backend"] = time.perf_counter() - t
             written["npz"] = npz
         with _quiet(work / "blender.log"):
