@@ -79,6 +79,17 @@ class FlameModel:
         tri, bary = (self.lmk68_faces, self.lmk68_bary) if which == "68" else (self.mp_faces, self.mp_bary)
         return (verts[..., self.faces[tri], :] * bary[:, :, None]).sum(-2)
 
+    def result_meta(self) -> dict:
+        """The result file's meta keys that describe this model: head_model, expression_names,
+        joint_names and region_names (docs/result_format.md)."""
+        return {
+            "head_model": {"id": self.model_id, "path": str(self.path), "n_shape": self.n_shape,
+                           "n_expr": self.n_expr, "n_joints": self.n_joints},
+            "expression_names": list(self.expression_names),
+            "joint_names": list(self.joint_names),
+            "region_names": list(self.region_names),
+        }
+
     def rig_arrays(self, shape: np.ndarray) -> dict[str, np.ndarray]:
         """The result file's optional ``rig_*`` arrays for identity ``shape`` (n_shape,): rest vertices
         (V, 3) and joints (J, 3) at zero expression and pose, expression directions (n_expr, V, 3) per

@@ -185,7 +185,7 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
         warnings.append(f"no usable face in source frames {_runs(lms.interpolated, clip.frame_indices)}: "
                         "landmarks there are interpolated and the fit is carried by its temporal prior")
 
-    from .result import Result, ResultError, write_result
+    from .result import UNITS, Result, ResultError, write_result
 
     src = Path(video)
     meta = {
@@ -194,18 +194,14 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
         "source": {"path": str(src.absolute()), "name": src.name, "size_bytes": src.stat().st_size},
         "fps": float(clip.fps),
         "frame_range": [int(clip.frame_indices[0]), int(clip.frame_indices[-1])],
-        "head_model": {"id": model.model_id, "path": str(model.path), "n_shape": model.n_shape,
-                       "n_expr": model.n_expr, "n_joints": model.n_joints},
-        "expression_names": model.expression_names,
-        "joint_names": model.joint_names,
-        "region_names": list(model.region_names),
+        **model.result_meta(),
         "landmarks_68_source": lms.lmk68_source,
         "device": device,
         "timings": timings,
         "warnings": warnings,
         "refined": bool(cfg.refine),
         "weights": weights_info,
-        "units": {"length": "m", "angles": "rad axis-angle", "pixels": "source"},
+        "units": dict(UNITS),
     }
     result = Result(
         vertices=vertices, vertices_init=vertices_init, faces=model.faces.astype(np.int32),

@@ -12,7 +12,7 @@ import torch
 
 from . import __version__
 from .flame import FlameLayer, FlameModel
-from .result import REGION_NAMES, UNITS, Result
+from .result import UNITS, Result
 
 
 def _smooth(rng: np.random.Generator, n: int, dims: int, periods: tuple[float, float] = (20.0, 120.0)) -> np.ndarray:
@@ -80,11 +80,7 @@ def synthetic_result(model: FlameModel, n_frames: int = 60, seed: int = 0, *, fp
         "source": {"path": f"synthetic://seed{seed}", "name": f"synthetic_{seed}.mp4", "size_bytes": 0},
         "fps": float(fps),
         "frame_range": [int(frames[0]), int(frames[-1])],
-        "head_model": {"id": model.model_id, "path": str(model.path), "n_shape": model.n_shape,
-                       "n_expr": model.n_expr, "n_joints": model.n_joints},
-        "expression_names": list(model.expression_names),
-        "joint_names": list(model.joint_names),
-        "region_names": list(REGION_NAMES),
+        **model.result_meta(),
         "landmarks_68_source": "flame_embedding",
         "device": "cpu",
         "timings": {},
