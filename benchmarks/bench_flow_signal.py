@@ -1,8 +1,9 @@
 """How much of a synthetic micro-expression the TV-L1 flow can see: the ceiling of any flow-driven model.
 
     .venv/bin/python benchmarks/bench_flow_signal.py [--data DIR] [--limit N]
+    .venv/bin/python benchmarks/bench_flow_signal.py --render [--limit N]
 
-On held-out clips with known truth, at the apex frame, in 224-crop pixels:
+On held-out clips with known truth, in 224-crop pixels, at the apex frame:
 - micro: the true crop displacement due to the micro-expression alone, i.e. the true vertices
   minus the same head with the onset expression, onset jaw and no off-basis field, both projected
   through each frame's own alignment;
@@ -12,10 +13,27 @@ On held-out clips with known truth, at the apex frame, in 224-crop pixels:
 - error = |flow - micro| per vertex, in the active regions and in the still ones (where micro is 0,
   so it is the flow's own noise); gain = <flow, micro> / <micro, micro> over the active vertices
   with the larger half of the motion (1 = the flow reads the motion at full size).
+
+Then the ceiling: linear readers that turn that flow into expression and jaw motion by regularised
+least squares through the true head's projection (ground-truth linearisation at the apex, rigid
+motion removed exactly, visible face vertices only), scored by backend.evaluate on onset..offset
+like the network. Each reader knows more than any real method could:
+- per frame: one solve per frame;
+- known profile: one solve for the apex with the true temporal profile, so all frames average;
+- profile + regions: as above, using only the expression components that act mostly (> 30 % of
+  their energy) on the truly active regions;
+- per frame, true crop motion: the per-frame reader given the true micro displacement instead of
+  the flow, i.e. the limit set by the expression basis and the projection alone.
+The prior's weight lambda is chosen per reader as the best on the mean recovered share (also oracle).
+
+``--render`` re-renders the held-out seeds under changed recipes and flows (larger renders, larger
+flow crops, DIS, no sensor noise or light drift, no head sway) through the same frontend and
+reports the same figures, to show which lever moves the ceiling.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -24,66 +42,234 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+LAMBDAS = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+READERS = ("per frame", "known profile", "profile + regions", "per frame, true crop motion")
+ENERGY_SHARE = 0.3          # "acts mostly on the active regions"
 
-def clip_signal(sample: dict, model, layer) -> dict[str, float]:
+# name: (SyntheticSpec changes, aligned crop side for the flow, flow method)
+RENDER_VARIANTS = {
+    "recipe (256 px renders, 224 crop, TV-L1)": ({}, 224, "tvl1"),
+    "recipe, DIS flow": ({}, 224, "dis"),
+    "no sensor noise, no light drift": ({"noise_std": 0.0, "light_direction_drift_deg": 0.0,
+                                         "light_intensity_drift": 0.0}, 224, "tvl1"),
+    "no head sway": ({"jitter_scale": 0.0}, 224, "tvl1"),
+    "512 px renders": ({"width": 512, "height": 512, "texture_size": 1024}, 224, "tvl1"),
+    "512 px renders, flow on a 448 crop": ({"width": 512, "height": 512, "texture_size": 1024}, 448, "tvl1"),
+    "512 px renders, 448 crop, DIS": ({"width": 512, "height": 512, "texture_size": 1024}, 448, "dis"),
+}
+
+
+def _jaw(model) -> slice:
+    j = 3 * model.joint_names.index("jaw")
+    return slice(j, j + 3)
+
+
+def _crop_px(sample: dict, layer) -> np.ndarray:
+    """The true vertices of ``sample`` projected into each frame's crop: (T, V, 2) 224-crop px."""
     import torch
 
     from backend.dataset import gt_vertices
-    from backend.losses import _sample, project_to_crop
+    from backend.losses import project_to_crop
 
+    cam = torch.as_tensor(gt_vertices(sample, layer)[0][None], dtype=torch.float64)
+    return project_to_crop(cam, torch.as_tensor(sample["intrinsics"][None], dtype=torch.float64),
+                           torch.as_tensor(sample["align"][None], dtype=torch.float64))[0].numpy()
+
+
+def _still_face(sample: dict, model) -> dict:
+    """The same clip without the micro-expression: onset expression and jaw, no off-basis field."""
+    out = dict(sample)
+    out["gt_expr"] = np.repeat(sample["gt_expr"][:1], len(sample["gt_expr"]), 0)
+    out["gt_profile"] = np.zeros_like(sample["gt_profile"])
+    pose = sample["gt_pose"].copy()
+    pose[:, _jaw(model)] = pose[:1, _jaw(model)]
+    out["gt_pose"] = pose
+    return out
+
+
+def flow_minus_rigid(sample: dict, model, layer) -> tuple[np.ndarray, np.ndarray]:
+    """(observed, micro), each (T, V, 2) 224-crop px from the onset: the accumulated flow sampled at
+    the onset projection minus the true rigid displacement, and the true micro displacement."""
+    import torch
+
+    from backend.losses import _sample
+
+    moving, rigid = _crop_px(sample, layer), _crop_px(_still_face(sample, model), layer)
+    flow = sample["flow"].astype(np.float64)
+    acc = np.concatenate([np.zeros_like(flow[:1]), flow.cumsum(0)])               # (T, S, S, 2)
+    s = acc.shape[1]
+    at = torch.as_tensor(np.repeat(moving[:1], len(acc), 0) * s / 224.0)
+    seen = _sample(torch.as_tensor(acc), at, s)[0].numpy()
+    return seen - (rigid - rigid[:1]), (moving - moving[:1]) - (rigid - rigid[:1])
+
+
+def clip_signal(sample: dict, model, observed: np.ndarray, micro: np.ndarray) -> dict[str, float]:
+    """The apex statistics of the module docstring."""
     meta = sample["meta"]
     apex = int(meta["apex"])
-    jaw = slice(3 * model.joint_names.index("jaw"), 3 * model.joint_names.index("jaw") + 3)
-    still_face = dict(sample)
-    still_face["gt_expr"] = np.repeat(sample["gt_expr"][:1], len(sample["gt_expr"]), 0)
-    still_face["gt_profile"] = np.zeros_like(sample["gt_profile"])
-    pose = sample["gt_pose"].copy()
-    pose[:, jaw] = pose[:1, jaw]
-    still_face["gt_pose"] = pose
-
-    def crop_px(s: dict) -> np.ndarray:
-        cam = torch.as_tensor(gt_vertices(s, layer)[0][None], dtype=torch.float64)
-        return project_to_crop(cam, torch.as_tensor(s["intrinsics"][None], dtype=torch.float64),
-                               torch.as_tensor(s["align"][None], dtype=torch.float64))[0].numpy()
-
-    moving, rigid = crop_px(sample), crop_px(still_face)
-    micro = (moving[apex] - moving[0]) - (rigid[apex] - rigid[0])
-    acc = sample["flow"].astype(np.float64)[:apex].sum(0)                       # (S, S, 2), 224-crop px
-    s = acc.shape[0]
-    seen = _sample(torch.as_tensor(acc[None]), torch.as_tensor(moving[0][None] * s / 224.0), s)[0][0].numpy()
-    flow = seen - (rigid[apex] - rigid[0])
     labels = model.region_labels
     active = np.isin(labels, [model.region_names.index(r) for r in meta["active_regions"]])
     still = (labels >= 0) & ~active
-    mag = np.linalg.norm(micro, axis=1)
+    mag = np.linalg.norm(micro[apex], axis=1)
     big = active & (mag >= np.median(mag[active]))
-    err = np.linalg.norm(flow - micro, axis=1)
+    err = np.linalg.norm(observed[apex] - micro[apex], axis=1)
+    f, m = observed[apex][big], micro[apex][big]
     return {"peak_mm": float(meta["peak_mm"]), "micro_active_px": float(mag[active].mean()),
             "error_active_px": float(err[active].mean()), "noise_still_px": float(err[still].mean()),
-            "gain": float((flow[big] * micro[big]).sum() / (micro[big] ** 2).sum())}
+            "gain": float((f * m).sum() / (m ** 2).sum())}
+
+
+def ceiling(sample: dict, model, layer, observed: np.ndarray, micro: np.ndarray) -> dict[tuple[str, float], object]:
+    """backend.evaluate Metrics of each oracle linear reader (module docstring) per prior weight."""
+    import torch
+    from torch.func import jacfwd
+
+    from backend.dataset import gt_vertices
+    from backend.evaluate import micro_metrics
+    from backend.losses import project_to_crop, vertex_visibility
+
+    meta = sample["meta"]
+    apex, onset, offset = int(meta["apex"]), int(meta["onset"]), int(meta["offset"])
+    labels, jaw = model.region_labels, _jaw(model)
+    f64 = lambda k: torch.as_tensor(sample[k], dtype=torch.float64)  # noqa: E731
+    shape, expr, pose, trans = f64("gt_shape"), f64("gt_expr"), f64("gt_pose"), f64("gt_trans")
+    intr, align = f64("intrinsics")[None], f64("align")[None, apex:apex + 1]
+    n = expr.shape[1]
+    psi0 = torch.cat([expr[0], pose[0, jaw]])
+
+    def crop_at_apex(psi):
+        p = pose[apex].clone()
+        p[jaw] = psi[n:]
+        v, _ = layer(shape[None], psi[None, :n], p[None], trans[apex][None])
+        return project_to_crop(v[None], intr, align)[0, 0]
+
+    def head(psi):
+        p = torch.zeros_like(pose[0])
+        p[jaw] = psi[n:]
+        return layer(shape[None], psi[None, :n], p[None])[0][0]
+
+    gt_cam, gt_head = gt_vertices(sample, layer)
+    w, h = (int(x) for x in sample["image_size"])
+    face = labels >= 0
+    seen = face & vertex_visibility(gt_cam[[0, apex]], model.faces, sample["intrinsics"], w, h).all(0)
+    jac = jacfwd(crop_at_apex)(psi0)[seen].reshape(-1, psi0.numel())                     # (2V', P) px
+    jac_head = jacfwd(head)(psi0)                                                       # (V, 3, P) m
+    basis_mm = jac_head[face].reshape(-1, psi0.numel()) * 1000.0
+    obs = torch.as_tensor(observed[:, seen].reshape(len(observed), -1))                 # (T, 2V')
+    true_px = torch.as_tensor(micro[:, seen].reshape(len(micro), -1))
+    profile = torch.as_tensor(sample["gt_profile"], dtype=torch.float64)
+    active = np.isin(labels, [model.region_names.index(r) for r in meta["active_regions"]])
+    energy = jac_head.norm(dim=1) ** 2
+    regional = energy[active].sum(0) / energy[face].sum(0).clamp_min(1e-30) > ENERGY_SHARE
+    gram_j, gram_b = jac.T @ jac / seen.sum(), basis_mm.T @ basis_mm / face.sum()
+    rhs = obs @ jac / seen.sum()                                                         # (T, P)
+    rhs_true = true_px @ jac / seen.sum()
+
+    out = {}
+    for lam in LAMBDAS:
+        a = gram_j + lam * gram_b
+        per_frame = torch.linalg.solve(a, rhs.T).T                                       # (T, P)
+        wsum = (profile ** 2).sum()
+        apex_psi = torch.linalg.solve(wsum * gram_j + lam * gram_b, profile @ rhs)
+        keep = regional.nonzero()[:, 0]
+        regional_psi = torch.zeros_like(apex_psi)
+        if len(keep):
+            sub = (wsum * gram_j + lam * gram_b)[keep][:, keep]
+            regional_psi[keep] = torch.linalg.solve(sub, (profile @ rhs)[keep])
+        from_truth = torch.linalg.solve(a, rhs_true.T).T
+        for reader, psi in zip(READERS, (per_frame, profile[:, None] * apex_psi,
+                                         profile[:, None] * regional_psi, from_truth)):
+            pred = gt_head[0][None] + torch.einsum("vcp,tp->tvc", jac_head, psi).numpy()
+            out[(reader, lam)] = micro_metrics(gt_cam, gt_cam, pred, gt_head, labels, model.region_names,
+                                               meta["active_regions"], onset, offset)
+    return out
+
+
+def evaluate_clip(sample: dict, model, layer) -> tuple[dict, dict]:
+    observed, micro = flow_minus_rigid(sample, model, layer)
+    return clip_signal(sample, model, observed, micro), ceiling(sample, model, layer, observed, micro)
+
+
+def render_sample(seed: int, changes: dict, crop: int, method: str, model) -> dict | None:
+    """Held-out seed ``seed`` re-rendered with ``changes`` to its recipe and run through the frontend
+    (mp4 round trip included) with a ``crop``-pixel aligned crop and ``method`` flow; flow and align
+    are returned in the stored layout (112 map, 224-crop pixels). None when the frontend drops it."""
+    from backend.dataset import _render, default_config, draw_synthetic_spec, process_frames
+    from backend.errors import MicroFaceError
+    from backend.flow import pool_flow
+
+    spec = dataclasses.replace(draw_synthetic_spec(seed), **changes)
+    clip, peak = _render(spec, model)
+    cfg = default_config()
+    cfg.align.size, cfg.flow.method = crop, method
+    try:
+        front = process_frames(clip.frames, clip.fps, model, cfg, focal=float(clip.intrinsics[0]))
+    except MicroFaceError:
+        return None
+    k = crop // 224
+    sample = dict(front)
+    # 224-crop pixel x = (x_crop + 0.5) / k - 0.5, and the stored map is 112 across the crop
+    sample["align"] = front["align"] / k
+    sample["align"][:, :, 2] += 0.5 / k - 0.5
+    sample["flow"] = pool_flow(front["flow"], k) / k
+    sample.update(gt_shape=clip.shape, gt_expr=clip.expr, gt_pose=clip.pose, gt_trans=clip.trans,
+                  gt_offbasis=clip.off_basis_field, gt_profile=clip.profile)
+    sample["meta"] = {"apex": clip.apex, "onset": clip.onset, "offset": clip.offset, "peak_mm": peak,
+                      "active_regions": list(clip.active_regions)}
+    return sample
+
+
+def report(title: str, rows: list[tuple[dict, dict]]) -> None:
+    signal = [r[0] for r in rows]
+    cols = list(signal[0])
+    print(f"\n## {title}: {len(rows)} clips\napex frame, 224-crop pixels")
+    print("| statistic | " + " | ".join(cols) + " |")
+    print("|---|" + "---|" * len(cols))
+    for name, fn in (("mean", np.mean), ("median", np.median)):
+        print(f"| {name} | " + " | ".join(f"{fn([r[c] for r in signal]):.3f}" for c in cols) + " |")
+    snr = np.array([r["micro_active_px"] / r["noise_still_px"] for r in signal])
+    print(f"clips whose mean micro-motion exceeds the flow noise: {(snr > 1).sum()} of {len(rows)}")
+    print("\noracle linear readers, onset..offset (backend.evaluate; best lambda per reader)")
+    print("| reader | lambda | recovered share (mean / median) | invented, still | region accuracy |")
+    print("|---|---|---|---|---|")
+    for reader in READERS:
+        def col(lam, key):
+            return np.array([getattr(r[1][(reader, lam)], key) for r in rows])
+        lam = max(LAMBDAS, key=lambda x: col(x, "recovered_fraction").mean())
+        rec = col(lam, "recovered_fraction")
+        print(f"| {reader} | {lam:g} | {rec.mean():.3f} / {np.median(rec):.3f} | "
+              f"{col(lam, 'invented_still_mm').mean():.3f} mm | {col(lam, 'region_accuracy').mean():.3f} |")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default="/work/data/microface/heldout")
     ap.add_argument("--limit", type=int, default=0)
+    ap.add_argument("--render", action="store_true", help="re-render the held-out seeds under RENDER_VARIANTS")
+    ap.add_argument("--seed0", type=int, default=900000, help="first held-out seed for --render")
     args = ap.parse_args()
+
+    import torch
 
     from backend.dataset import load_sample
     from backend.flame import FlameLayer, load_flame
 
+    torch.set_num_threads(1)
     model = load_flame()
-    layer = FlameLayer(model)
-    rows = [clip_signal(load_sample(p), model, layer)
-            for p in sorted(Path(args.data).glob("clip_*.npz"))[: args.limit or None]]
-    cols = list(rows[0])
-    print(f"held-out clips: {len(rows)}, apex frame, 224-crop pixels")
-    print("| statistic | " + " | ".join(cols) + " |")
-    print("|---|" + "---|" * len(cols))
-    for name, fn in (("mean", np.mean), ("median", np.median)):
-        print(f"| {name} | " + " | ".join(f"{fn([r[c] for r in rows]):.3f}" for c in cols) + " |")
-    snr = np.array([r["micro_active_px"] / r["noise_still_px"] for r in rows])
-    print(f"clips whose mean micro-motion exceeds the flow noise: {(snr > 1).sum()} of {len(rows)}")
+    layer = FlameLayer(model).double()
+    if not args.render:
+        rows = [evaluate_clip(load_sample(p), model, layer)
+                for p in sorted(Path(args.data).glob("clip_*.npz"))[: args.limit or None]]
+        report(f"stored held-out clips ({args.data})", rows)
+        return 0
+    for title, (changes, crop, method) in RENDER_VARIANTS.items():
+        rows = []
+        for seed in range(args.seed0, args.seed0 + (args.limit or 10)):
+            sample = render_sample(seed, changes, crop, method, model)
+            if sample is not None:
+                rows.append(evaluate_clip(sample, model, layer))
+        report(title, rows)
+        sys.stdout.flush()
     return 0
 
 
