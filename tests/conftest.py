@@ -75,6 +75,15 @@ def fake_checkout(root: Path, main_py: str, version: str = "") -> Path:
 
 
 @pytest.fixture(scope="module")
+def synth(head_model, request):
+    """A synthetic result of the requesting module's ``T`` frames at source frames 100, 102, ...
+    (keys every second scene frame), with smooth detail fields and 2 um noise."""
+    from backend.synth_result import synthetic_result
+
+    return synthetic_result(head_model, request.module.T, seed=11, first_frame=100, frame_step=2, noise_mm=0.002)
+
+
+@pytest.fixture(scope="module")
 def result_path(synth, tmp_path_factory):
     """The requesting module's ``synth`` result, written to a file once per module."""
     from backend.result import write_result

@@ -18,18 +18,7 @@ from microface_blender import importer  # noqa: E402
 T = 30
 ID_COLLECTIONS = ("objects", "meshes", "armatures", "actions", "collections", "shape_keys")
 
-
-@pytest.fixture(scope="module")
-def synth(head_model):
-    """30 frames at source frames 100, 102, ... with 3 smooth detail fields and 2 um noise."""
-    from backend.synth_result import synthetic_result
-
-    return synthetic_result(head_model, T, seed=11, first_frame=100, frame_step=2, noise_mm=0.002)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def addon(registered_addon):
-    return registered_addon
+pytestmark = pytest.mark.usefixtures("registered_addon")   # registered once per module
 
 
 @pytest.fixture

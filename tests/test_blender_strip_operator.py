@@ -29,10 +29,7 @@ ID_COLLECTIONS = ("objects", "meshes", "armatures", "actions", "collections", "s
 # Content at scene frame 20, trimmed to scene frames 23-32: source frames 3-12.
 FRAME_START, FIRST, LAST = 20, 3, 12
 
-
-@pytest.fixture(scope="module", autouse=True)
-def addon(registered_addon):
-    return registered_addon
+pytestmark = pytest.mark.usefixtures("registered_addon")   # registered once per module
 
 
 @pytest.fixture(scope="module")
@@ -298,11 +295,11 @@ def test_keys_and_background_match_what_the_strip_shows(settings, video, decoded
 # --- the operator -------------------------------------------------------------------------------
 
 @pytest.fixture
-def preferences(addon):
+def preferences(registered_addon):
     """The add-on's preferences (register() alone, as in these tests, makes no add-on entry)."""
     addons = bpy.context.preferences.addons
     entry = addons.new()
-    entry.module = addon.__name__
+    entry.module = registered_addon.__name__
     yield entry.preferences
     addons.remove(entry)
 

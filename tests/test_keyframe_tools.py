@@ -17,18 +17,7 @@ from microface_blender import keyframe_math as km  # noqa: E402
 T = 40
 EXPR = 53
 
-
-@pytest.fixture(scope="module")
-def synth(head_model):
-    """40 frames at source frames 100, 102, ...: keys every second scene frame."""
-    from backend.synth_result import synthetic_result
-
-    return synthetic_result(head_model, T, seed=11, first_frame=100, frame_step=2, noise_mm=0.002)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def addon(registered_addon):
-    return registered_addon
+pytestmark = pytest.mark.usefixtures("registered_addon")   # registered once per module
 
 
 @pytest.fixture
