@@ -81,8 +81,8 @@ def _still_face(sample: dict, model) -> dict:
     out = dict(sample)
     out["gt_expr"] = np.repeat(sample["gt_expr"][:1], len(sample["gt_expr"]), 0)
     out["gt_profile"] = np.zeros_like(sample["gt_profile"])
-    pose = sample["gt_pose"].copy()
-    pose[:, _jaw(model)] = pose[:1, _jaw(model)]
+    pose, jaw = sample["gt_pose"].copy(), _jaw(model)
+    pose[:, jaw] = pose[:1, jaw]
     out["gt_pose"] = pose
     return out
 
@@ -165,17 +165,16 @@ def ceiling(sample: dict, model, layer, observed: np.ndarray, micro: np.ndarray)
     rhs = obs @ jac / seen.sum()                                                         # (T, P)
     rhs_true = true_px @ jac / seen.sum()
 
+    wsum, rhs_profile, keep = (profile ** 2).sum(), profile @ rhs, regional.nonzero()[:, 0]
     out = {}
     for lam in LAMBDAS:
         a = gram_j + lam * gram_b
         per_frame = torch.linalg.solve(a, rhs.T).T                                       # (T, P)
-        wsum = (profile ** 2).sum()
-        apex_psi = torch.linalg.solve(wsum * gram_j + lam * gram_b, profile @ rhs)
-        keep = regional.nonzero()[:, 0]
+        a_profile = wsum * gram_j + lam * gram_b
+        apex_psi = torch.linalg.solve(a_profile, rhs_profile)
         regional_psi = torch.zeros_like(apex_psi)
         if len(keep):
-            sub = (wsum * gram_j + lam * gram_b)[keep][:, keep]
-            regional_psi[keep] = torch.linalg.solve(sub, (profile @ rhs)[keep])
+            regional_psi[keep] = torch.linalg.solve(a_profile[keep][:, keep], rhs_profile[keep])
         from_truth = torch.linalg.solve(a, rhs_true.T).T
         for reader, psi in zip(READERS, (per_frame, profile[:, None] * apex_psi,
                                          profile[:, None] * regional_psi, from_truth)):
