@@ -135,8 +135,23 @@ def align_faces(clip: Clip, landmarks: Landmarks, cfg: AlignConfig | None = None
     src = landmarks.mp[:, list(STABLE_POINTS), :2]
     raw = fit_similarity(src, canonical_points(cfg.size, cfg.scale))
     transforms = smooth_similarities(raw, cfg.size, cfg.smooth_sigma)
-    crops = np.empty((len(clip.frames), cfg.size, cfg.size, 3), np.uint8)
-    for t, (frame, m) in enumerate(zip(clip.frames, transforms)):
-        crops[t] = cv2.warpAffine(frame, m, (cfg.size, cfg.size), flags=cv2.INTER_LINEAR,
+    return Alignment(crops=warp_crops(clip.frames, transforms, cfg.size), transforms=transforms.astype(np.float32),
+                     size=int(cfg.size))
+
+
+def upscale_transforms(transforms: np.ndarray, factor: int) -> np.ndarray:
+    """(T, 2, 3) clip -> S-crop maps to clip -> (factor S)-crop maps with the same framing: pixel
+    centres at integers, so x_big = factor x + (factor - 1) / 2."""
+    m = np.asarray(transforms, np.float64) * factor
+    m[:, :, 2] += (factor - 1) / 2
+    return m
+
+
+def warp_crops(frames: np.ndarray, transforms: np.ndarray, size: int) -> np.ndarray:
+    """(T, H, W, 3) uint8 frames through (T, 2, 3) clip -> crop maps -> (T, size, size, 3) uint8,
+    bilinear with replicated borders."""
+    crops = np.empty((len(frames), size, size, 3), np.uint8)
+    for t, (frame, m) in enumerate(zip(frames, transforms)):
+        crops[t] = cv2.warpAffine(frame, np.asarray(m, np.float64), (size, size), flags=cv2.INTER_LINEAR,
                                   borderMode=cv2.BORDER_REPLICATE)
-    return Alignment(crops=crops, transforms=transforms.astype(np.float32), size=int(cfg.size))
+    return crops

@@ -37,7 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--fan", help="FAN 68-point weights (2DFAN4 .zip) or their folder (else $MICROFACE_FAN_DIR, "
                    "else torch's hub cache; without them the 68 points come from the fitted mesh)")
     r.add_argument("--face-index", type=int, help="which face when several are visible: 0 = largest (default)")
-    r.add_argument("--flow", choices=("tvl1", "dis"), default="tvl1", help="optical flow: TV-L1 (paper) or DIS (fast)")
+    r.add_argument("--flow", choices=("dis", "tvl1"), default="dis",
+                   help="optical flow: DIS (default; the shipped weights were trained on it) or TV-L1 (the paper's)")
     r.add_argument("--iters", type=int, help="fit iterations")
     r.add_argument("--focal", type=float, help="camera focal length in source pixels (default: max(width, height))")
     r.add_argument("--quiet", action="store_true", help="no progress lines, only the final one")

@@ -144,7 +144,8 @@ class AlignConfig:
 
 @dataclass
 class FlowConfig:
-    method: str = "tvl1"            # "tvl1" (paper) or "dis" (fast preview)
+    method: str = "dis"             # "dis" or "tvl1" (the paper's; see backend/flow.py for why DIS)
+    supersample: int = 2            # flow computed on a crop this many times the aligned side
     tau: float = 0.25
     lambda_: float = 0.15
     theta: float = 0.3
@@ -152,6 +153,10 @@ class FlowConfig:
     warps: int = 3
     epsilon: float = 0.01
     workers: int = 0                # threads computing pairs in parallel; 0 = one per CPU core
+
+    def recipe(self) -> dict:
+        """What a network reading this flow depends on (recorded in samples and weights)."""
+        return {"method": self.method, "supersample": int(self.supersample)}
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Training samples for the learned modules: synthetic clips with known truth, and windows of real clips.
 
 Every sample is the frontend's view of a short clip, exactly as the pipeline computes it for a
-user's video (decode, MediaPipe landmarks, 224 aligned crops, TV-L1 flow, static fit with the
+user's video (decode, MediaPipe landmarks, 224 aligned crops, optical flow, static fit with the
 first frame as anchor), stored smaller (112 crops, float16 flow) so training reads it fast.
 The file format is specified in ``docs/learned_modules.md``; :data:`SAMPLE_KEYS` and
 :data:`GT_KEYS` below are that table, and :func:`check_sample` enforces it on every write.
@@ -195,6 +195,7 @@ def _frontend(clip, lms, model, cfg: ReconstructConfig) -> dict:
                                 for c in fe.alignment.crops]).astype(np.uint8)
     arrays["flow"] = arrays["flow"].astype(np.float16)
     info = {"timings": timings, "landmarks_68_source": lms.lmk68_source,
+            "flow": cfg.flow.recipe(),
             "fit_reproj_px": float(np.median(fe.fit.reproj_px) / clip.scale), "head_model": model.model_id}
     return {**arrays, "info": info}
 
@@ -276,9 +277,11 @@ class SyntheticSpec:
     light_direction_drift_deg: float
     light_intensity_drift: float
     off_basis_mm: float
-    width: int = 256
-    height: int = 256
-    texture_size: int = 512
+    # 512 px frames put about 400 px across the face: flow reads faint motion better with more
+    # pixels (docs/learned_modules.md, "The ceiling"), and real high-speed clips are sharp too.
+    width: int = 512
+    height: int = 512
+    texture_size: int = 1024
 
     @property
     def fps(self) -> float:
@@ -389,7 +392,7 @@ def _make_synthetic(seed: int, model, out_dir: Path, cfg: ReconstructConfig | No
         "components": list(clip.components), "peak_mm": peak, "peak_mm_drawn": spec.peak_mm,
         "off_basis_outside_fraction": float(clip.off_basis_outside_fraction),
         "spec": dataclasses.asdict(spec), "synth_config": dataclasses.asdict(clip.config),
-        "head_model": model.model_id, "landmarks_68_source": finfo["landmarks_68_source"],
+        "head_model": model.model_id, "landmarks_68_source": finfo["landmarks_68_source"], "flow": finfo["flow"],
         "fit_reproj_px": finfo["fit_reproj_px"], "valid_fraction": info["valid"],
         "timings": {k: round(v, 3) for k, v in timings.items()},
     }
@@ -486,8 +489,8 @@ def make_real_samples(video_path: str | os.PathLike, model, out_dir: str | os.Pa
             "capture_fps": float(clip.fps), "stride": stride, "onset": None, "apex": None, "offset": None,
             "active_regions": None, "requested_regions": None, "peak_mm": None,
             "source_frames": [int(i) for i in clip.frame_indices[idx]], "head_model": model.model_id,
-            "landmarks_68_source": finfo["landmarks_68_source"], "fit_reproj_px": finfo["fit_reproj_px"],
-            "timings": {k: round(v, 3) for k, v in finfo["timings"].items()},
+            "landmarks_68_source": finfo["landmarks_68_source"], "flow": finfo["flow"],
+            "fit_reproj_px": finfo["fit_reproj_px"], "timings": {k: round(v, 3) for k, v in finfo["timings"].items()},
         }
         write_sample(path, front, meta)
         if report:

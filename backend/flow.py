@@ -1,8 +1,11 @@
-"""Optical flow between consecutive aligned crops, and the paper's per-region flow intensity and
-attention (Eq. 18-20).
+"""Optical flow between consecutive aligned crops.
 
-TV-L1 (the paper's choice) is OpenCV's DualTVL1 from opencv-contrib; DIS is a fast preview. Flow
-pairs are independent, so they are spread over a small thread pool (OpenCV releases the GIL).
+DIS is OpenCV's dense inverse search; TV-L1 (the paper's choice) is DualTVL1 from opencv-contrib.
+Micro-motion is a fraction of a crop pixel, and both methods read it better on a crop several
+times the side the network reads (same framing), averaged back down: ``FlowConfig.supersample``.
+On the held-out synthetic clips DIS on a 2x crop carries the most micro-motion of the variants
+measured (docs/learned_modules.md, "The ceiling"), so it is the default. Flow pairs are
+independent, so they are spread over a small thread pool (OpenCV releases the GIL).
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import cv2
 import numpy as np
 
+from .align import Alignment
 from .config import FlowConfig
 from .errors import MicroFaceError
 from .video import Progress
@@ -27,12 +31,16 @@ def _make_solver(cfg: FlowConfig):
         epsilon=cfg.epsilon)
 
 
-def tvl1_flow(crops: np.ndarray, cfg: FlowConfig | None = None, progress: Progress | None = None) -> np.ndarray:
-    """Dense flow from crop t to crop t+1: (T, S, S, 3) uint8 RGB -> (T-1, S, S, 2) float32 crop pixels.
+def crop_flow(crops: np.ndarray, cfg: FlowConfig | None = None, progress: Progress | None = None,
+              reduce: int = 1) -> np.ndarray:
+    """Dense flow from crop t to crop t+1: (T, S, S, 3) uint8 RGB -> (T-1, S/reduce, S/reduce, 2)
+    float32 in pixels of the reduced crop.
 
     ``flow[t, y, x]`` is where the pixel (x, y) of crop t moved to in crop t+1, minus (x, y):
-    crop_t(p) ~ crop_t+1(p + flow). Uses TV-L1 with ``cfg``'s parameters, or DIS (medium preset) when
-    ``cfg.method == "dis"``. ``progress("flow", done, total)`` is called about every 10 pairs.
+    crop_t(p) ~ crop_t+1(p + flow). ``cfg.method`` picks DIS (medium preset) or TV-L1 with ``cfg``'s
+    parameters. ``reduce`` > 1 averages each pair's flow over reduce x reduce blocks and divides it
+    by ``reduce`` (see :func:`aligned_flow`). ``progress("flow", done, total)`` is called about every
+    10 pairs.
     """
     cfg = cfg or FlowConfig()
     if cfg.method not in METHODS:
@@ -40,6 +48,8 @@ def tvl1_flow(crops: np.ndarray, cfg: FlowConfig | None = None, progress: Progre
     crops = np.asarray(crops)
     if crops.ndim != 4 or crops.shape[-1] != 3 or crops.dtype != np.uint8:
         raise MicroFaceError(f"flow needs (T, S, S, 3) uint8 crops, got {crops.shape} {crops.dtype}")
+    if crops.shape[1] % reduce or crops.shape[2] % reduce:
+        raise MicroFaceError(f"crop side {crops.shape[1]} is not a multiple of the flow reduction {reduce}")
     n_pairs = len(crops) - 1
     if n_pairs < 1:
         raise MicroFaceError("optical flow needs at least 2 frames")
@@ -49,9 +59,10 @@ def tvl1_flow(crops: np.ndarray, cfg: FlowConfig | None = None, progress: Progre
     def pair(t: int) -> np.ndarray:
         if not hasattr(local, "solver"):
             local.solver = _make_solver(cfg)   # solvers keep state: one per thread
-        return local.solver.calc(gray[t], gray[t + 1], None)
+        flow = local.solver.calc(gray[t], gray[t + 1], None)
+        return flow if reduce == 1 else pool_flow(flow[None], reduce)[0] / reduce
 
-    out = np.empty((n_pairs,) + crops.shape[1:3] + (2,), np.float32)
+    out = np.empty((n_pairs, crops.shape[1] // reduce, crops.shape[2] // reduce, 2), np.float32)
     workers = cfg.workers if cfg.workers > 0 else max(1, cv2.getNumberOfCPUs())
     workers = min(workers, n_pairs)
     if workers == 1:
@@ -69,6 +80,23 @@ def tvl1_flow(crops: np.ndarray, cfg: FlowConfig | None = None, progress: Progre
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
     return out
+
+
+def aligned_flow(frames: np.ndarray, alignment: Alignment, cfg: FlowConfig | None = None,
+                 progress: Progress | None = None) -> np.ndarray:
+    """Flow between consecutive aligned crops: (T-1, S, S, 2) float32 in S-crop pixels, S the
+    alignment's side. With ``cfg.supersample`` k > 1 it is computed on (k S)-pixel crops of
+    ``frames`` (T, H, W, 3) uint8 cut with the same framing, then reduced k-fold to the S grid."""
+    from .align import upscale_transforms, warp_crops
+
+    cfg = cfg or FlowConfig()
+    k = int(cfg.supersample)
+    if k < 1:
+        raise MicroFaceError(f"flow supersampling must be a positive integer, got {cfg.supersample}")
+    if k == 1:
+        return crop_flow(alignment.crops, cfg, progress)
+    big = warp_crops(frames, upscale_transforms(alignment.transforms, k), alignment.size * k)
+    return crop_flow(big, cfg, progress, reduce=k)
 
 
 def pool_flow(flow: np.ndarray, factor: int = 2) -> np.ndarray:

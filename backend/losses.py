@@ -114,7 +114,7 @@ def flow_reprojection_loss(verts: torch.Tensor, intrinsics: torch.Tensor, align:
     vis (B, T, V) visibility weights (bool or float, treated as constants); crop_size: crop side
     in pixels. flow (B, T-1, H, W, 2): a map of H x W covering the crop of side ``crop_size``
     (see the module docstring), values in crop pixels; ``flow[:, k, y, x]`` is where the content
-    at (x, y) of the earlier crop went, minus (x, y) (:func:`backend.flow.tvl1_flow`).
+    at (x, y) of the earlier crop went, minus (x, y) (:func:`backend.flow.crop_flow`).
 
     Pair mode (default): flow[:, t] is crop_t -> crop_t+1. With p_t the projection of frame t's
     vertices into crop_t coordinates (frame t's own align), the mesh predicts

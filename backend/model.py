@@ -130,13 +130,14 @@ class MicroFaceNet(nn.Module):
         return out
 
 
-def save_weights(net: MicroFaceNet, path: str | os.PathLike, provenance: dict) -> Path:
-    """Write the trainable weights (float32 state dict) atomically, and ``<path>.json`` beside them."""
+def save_weights(net: MicroFaceNet, path: str | os.PathLike, provenance: dict, flow: dict | None = None) -> Path:
+    """Write the trainable weights (float32 state dict) atomically, and ``<path>.json`` beside them.
+    ``flow`` is the flow recipe the network learned to read ({"method", "supersample"}), if one."""
     path = Path(path)
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items() if not k.startswith("flame.")}
     payload = {"format": WEIGHTS_FORMAT, "version": WEIGHTS_VERSION, "config": json.dumps(asdict(net.cfg)),
                "n_expr": net.flame_model.n_expr, "n_vertices": int(net.flame_model.v_template.shape[0]),
-               "state": state}
+               "flow": json.dumps(flow), "state": state}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     prov = dict(provenance, sha256=file_sha256(path), config=asdict(net.cfg))
@@ -177,4 +178,5 @@ def load_weights(path: str | os.PathLike, model: FlameModel, device: str = "cpu"
     if missing or unexpected:
         raise MicroFaceError(f"weights file {path} does not match this network "
                              f"(missing {len(missing)}, unexpected {len(unexpected)} tensors)")
+    net.trained_flow = json.loads(payload.get("flow", "null"))   # weights from before it was recorded: None
     return net.to(device).eval()

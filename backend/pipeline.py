@@ -82,7 +82,7 @@ class Frontend:
     clip: Clip
     landmarks: Landmarks
     alignment: Alignment
-    flow: np.ndarray            # (T-1, 224, 224, 2) TV-L1 between consecutive crops, crop pixels
+    flow: np.ndarray            # (T-1, S, S, 2) between consecutive crops, S-crop pixels (flow.aligned_flow)
     fit: FitResult
 
     @property
@@ -100,14 +100,14 @@ def _timed(timings: dict, name: str, fn, *a, **kw):
 
 def run_frontend(clip: Clip, lms: Landmarks, model, cfg: ReconstructConfig, device: str = "cpu",
                  progress: Progress | None = None, timings: dict | None = None) -> Frontend:
-    """Alignment, TV-L1 flow and the static fit (anchored on the first frame), in that order."""
+    """Alignment, optical flow and the static fit (anchored on the first frame), in that order."""
     from .align import align_faces
     from .fit import fit_sequence
-    from .flow import tvl1_flow
+    from .flow import aligned_flow
 
     timings = {} if timings is None else timings
     alignment = _timed(timings, "align", align_faces, clip, lms, cfg.align)
-    flow = _timed(timings, "flow", tvl1_flow, alignment.crops, cfg.flow, progress)
+    flow = _timed(timings, "flow", aligned_flow, clip.frames, alignment, cfg.flow, progress)
     fit = _timed(timings, "fit", fit_sequence, model, lms.mp[..., :2], lms.valid, (clip.width, clip.height),
                  clip.fps, cfg.fit, anchor=0, lmk68=lms.lmk68, device=device, progress=progress)
     return Frontend(clip, lms, alignment, flow, fit)
@@ -161,7 +161,7 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
     inputs = network_inputs(fe)
 
     vertices, vertices_init, expr, pose = fit.vertices, fit.vertices, fit.expr, fit.pose
-    weights_info = None
+    weights_info, warnings = None, []
     if cfg.refine:
         from .config import WEIGHTS_DIR, asset_id, resolve_asset
         from .model import load_weights
@@ -173,6 +173,11 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
         vertices, vertices_init = refined["vertices"], refined["vertices_init"]
         expr, pose = refined["expr"], refined["pose"]
         weights_info = {"path": str(wpath), "id": asset_id(wpath)}
+        used = cfg.flow.recipe()
+        if net.trained_flow is not None and net.trained_flow != used:
+            warnings.append(f"the network was trained on {net.trained_flow['method']} flow at "
+                            f"{net.trained_flow['supersample']}x and this run used {used['method']} at "
+                            f"{used['supersample']}x: its refinement is outside what it learned")
 
     # Per-region intensity of the flow accumulated from the onset (Eq. 18) at each region's
     # projected centroid (Eq. 12), and its attention (Eq. 19-20): what the mesh deformation reads.
@@ -180,7 +185,6 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
     region_flow, attention = region_attention(flow_acc, vertices, model.region_labels, len(model.region_names),
                                               inputs["intrinsics"], inputs["align"])
 
-    warnings = []
     if lms.interpolated.any():
         warnings.append(f"no usable face in source frames {_runs(lms.interpolated, clip.frame_indices)}: "
                         "landmarks there are interpolated and the fit is carried by its temporal prior")

@@ -248,17 +248,23 @@ def train(cfg: TrainConfig, log=print) -> Path:
     out_path = Path(cfg.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tail = history[-50:]
+    # the flow recipes the network learned to read; samples made before they were recorded give None
+    flows = [json.loads(f) for f in sorted({json.dumps(s["meta"].get("flow"), sort_keys=True)
+                                            for s in synth.samples + (real.samples if real else [])})]
     provenance = {
         "command": "python -m backend.train " + " ".join(sys.argv[1:]),
         "commit": _git_commit(),
         "seed": cfg.seed,
         "train_config": {k: v for k, v in asdict(cfg).items() if k != "model"},
-        "data": {"synthetic_clips": len(synth.samples), "synthetic_seeds": sorted(int(s["meta"]["seed"]) for s in synth.samples), "real_windows": len(real.samples) if real else 0,
-                 "recipe": "backend.dataset make_synthetic_sample (docs/learned_modules.md)"},
+        "data": {"synthetic_clips": len(synth.samples),
+                 "synthetic_seeds": sorted(int(s["meta"]["seed"]) for s in synth.samples),
+                 "real_windows": len(real.samples) if real else 0,
+                 "recipe": "backend.dataset make_synthetic_sample (docs/learned_modules.md)",
+                 "flow": flows},
         "head_model": flame_model.model_id,
         "final_losses": {k: float(np.mean([h[k] for h in tail if k in h])) for k in tail[-1]},
     }
-    save_weights(net.cpu(), out_path, provenance)
+    save_weights(net.cpu(), out_path, provenance, flow=flows[0] if len(flows) == 1 else None)
     log(json.dumps({"event": "done", "weights": str(out_path)}))
     return out_path
 

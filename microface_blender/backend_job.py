@@ -48,7 +48,7 @@ class BackendSettings:
     device: str = "auto"           # auto | cpu | cuda
     checkout: str = ""             # the folder holding backend/; "" = found from ``python``
     refine: bool = True            # False: --no-refine (the static fit only)
-    flow: str = "tvl1"             # tvl1 | dis
+    flow: str = "dis"              # dis | tvl1
     extra_args: tuple[str, ...] = ()
 
 
@@ -159,7 +159,7 @@ def build_command(settings: BackendSettings, video: str | Path, output: str | Pa
         cmd += ["--flame", str(Path(settings.flame).expanduser().absolute())]
     if not settings.refine:
         cmd.append("--no-refine")
-    if settings.flow != "tvl1":
+    if settings.flow != "dis":
         cmd += ["--flow", settings.flow]
     return cmd + list(settings.extra_args)
 

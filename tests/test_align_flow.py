@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from conftest import shared_video
 
-from backend.align import (STABLE_POINTS, align_faces, canonical_points, fit_similarity, smooth_similarities,
-                           to_crop, to_source)
+from backend.align import (STABLE_POINTS, Alignment, align_faces, canonical_points, fit_similarity,
+                           smooth_similarities, to_crop, to_source, upscale_transforms, warp_crops)
 from backend.config import AlignConfig, FlowConfig, LandmarkConfig
 from backend.errors import MicroFaceError
-from backend.flow import tvl1_flow
+from backend.flow import aligned_flow, crop_flow
 from backend.landmarks import detect_landmarks
 from backend.video import read_clip
 
@@ -97,7 +97,7 @@ def test_alignment_is_stable_on_a_still_head(single_face_aligned):
     assert np.median(jitter) < 0.4 * np.median(raw_jitter)
     # What the flow stage sees: motion of the expression-free points between consecutive crops
     # (DIS flow, median over the stable points). Measured median 0.16 px, 95th percentile 0.42 px.
-    flow = tvl1_flow(al.crops, FlowConfig(method="dis"))
+    flow = crop_flow(al.crops, FlowConfig(method="dis"))
     pts = np.rint(canonical_points(224, AlignConfig().scale)).astype(int)
     rigid = np.linalg.norm(np.median(flow[:, pts[:, 1], pts[:, 0]], axis=1), axis=-1)
     assert np.median(rigid) < 0.3 and np.percentile(rigid, 95) < 0.8
@@ -127,7 +127,7 @@ def test_flow_recovers_a_subpixel_shift(method, tolerance):
     shift = (0.7, -0.4)
     moved = cv2.warpAffine(img, np.float32([[1, 0, shift[0]], [0, 1, shift[1]]]), (224, 224),
                            flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-    flow = tvl1_flow(np.stack([img, moved, img]), FlowConfig(method=method))
+    flow = crop_flow(np.stack([img, moved, img]), FlowConfig(method=method))
     assert flow.shape == (2, 224, 224, 2) and flow.dtype == np.float32
     # Measured error of the interior median: TV-L1 0.031 px, DIS 0.028 px (0.06 / 0.05 at worst over
     # shifts of 0.3-1.5 px and three textures).
@@ -140,23 +140,62 @@ def test_flow_recovers_a_subpixel_shift(method, tolerance):
 @pytest.mark.parametrize("method", ["tvl1", "dis"])
 def test_identical_frames_have_zero_flow(method):
     img = _texture(seed=1)
-    flow = tvl1_flow(np.stack([img, img]), FlowConfig(method=method))
+    flow = crop_flow(np.stack([img, img]), FlowConfig(method=method))
     assert np.abs(flow).max() < 1e-3
 
 
 def test_threaded_flow_equals_serial():
     frames = np.stack([np.roll(_texture(96, seed=2), k, axis=1) for k in range(4)])
     calls = []
-    serial = tvl1_flow(frames, FlowConfig(workers=1))
-    threaded = tvl1_flow(frames, FlowConfig(workers=2), progress=lambda *a: calls.append(a))
+    serial = crop_flow(frames, FlowConfig(workers=1))
+    threaded = crop_flow(frames, FlowConfig(workers=2), progress=lambda *a: calls.append(a))
     np.testing.assert_array_equal(serial, threaded)
     assert calls[-1] == ("flow", 3, 3)
 
 
+def _framed(shift_px: tuple[float, float]):
+    """Two 640 px frames of one texture, the second moved by ``shift_px`` frame pixels, and an
+    alignment that crops a rotated 448 px square of them to 224 px (0.5 crop px per frame px)."""
+    big = cv2.resize(_texture(320, seed=3), (640, 640), interpolation=cv2.INTER_CUBIC)
+    moved = cv2.warpAffine(big, np.float32([[1, 0, shift_px[0]], [0, 1, shift_px[1]]]), (640, 640),
+                           flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    m = np.repeat(_similarity(0.5, 0.2, -40, -5)[None], 2, 0).astype(np.float32)
+    frames = np.stack([big, moved])
+    return frames, Alignment(crops=warp_crops(frames, m, 224), transforms=m, size=224)
+
+
+def test_upscaled_transforms_keep_the_framing():
+    frames, al = _framed((0.0, 0.0))
+    big = warp_crops(frames, upscale_transforms(al.transforms, 2), 448)
+    down = np.stack([cv2.resize(c, (224, 224), interpolation=cv2.INTER_AREA) for c in big]).astype(float)
+    # Measured 0.43 grey levels; framing off by half a large-crop pixel (or x_big = 2 x) gives 3.3.
+    assert np.abs(down - al.crops)[:, 8:-8, 8:-8].mean() < 1.5
+    pts = np.array([[[3.0, 7.0], [100.5, 20.25]]] * 2)
+    np.testing.assert_allclose(to_crop(pts, upscale_transforms(al.transforms, 2)),
+                               2 * to_crop(pts, al.transforms) + 0.5, atol=1e-4)
+
+
+@pytest.mark.parametrize("method, supersample", [("dis", 1), ("dis", 2), ("tvl1", 2)])
+def test_aligned_flow_is_in_crop_pixels_at_any_supersampling(method, supersample):
+    shift = (0.8, -0.6)                  # frame pixels; the crop is rotated by 0.2 rad at 0.5 px/px
+    frames, al = _framed(shift)
+    flow = aligned_flow(frames, al, FlowConfig(method=method, supersample=supersample))
+    assert flow.shape == (1, 224, 224, 2) and flow.dtype == np.float32
+    expected = al.transforms[0, :, :2].astype(float) @ np.array(shift)
+    # Measured error of the interior median over shifts of 0.3-1.5 frame px: DIS 0.037 (1x) and
+    # 0.012 (2x) crop px, TV-L1 0.028 (2x).
+    np.testing.assert_allclose(np.median(flow[0, 24:-24, 24:-24].reshape(-1, 2), axis=0), expected, atol=0.08)
+
+
 def test_flow_rejects_bad_input():
     with pytest.raises(MicroFaceError, match="unknown flow method 'farneback'"):
-        tvl1_flow(np.zeros((2, 8, 8, 3), np.uint8), FlowConfig(method="farneback"))
+        crop_flow(np.zeros((2, 8, 8, 3), np.uint8), FlowConfig(method="farneback"))
     with pytest.raises(MicroFaceError, match="at least 2 frames"):
-        tvl1_flow(np.zeros((1, 8, 8, 3), np.uint8))
+        crop_flow(np.zeros((1, 8, 8, 3), np.uint8))
+    with pytest.raises(MicroFaceError, match="crop side 9 is not a multiple of the flow reduction 2"):
+        crop_flow(np.zeros((2, 9, 9, 3), np.uint8), reduce=2)
+    frames, al = _framed((0.0, 0.0))
+    with pytest.raises(MicroFaceError, match="supersampling must be a positive integer"):
+        aligned_flow(frames, al, FlowConfig(supersample=0))
 
 

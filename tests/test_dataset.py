@@ -100,8 +100,8 @@ def test_synthetic_sample_format(synth_sample, model):
     assert meta["requested_regions"] == ["mouth"] and "mouth" in meta["active_regions"]
     assert meta["peak_mm"] == 2.0
     assert s["valid"].all()
-    assert s["image_size"].tolist() == [256, 256]
-    assert s["intrinsics"].tolist() == pytest.approx([1.5 * 256, 127.5, 127.5])   # the synthetic camera
+    assert s["image_size"].tolist() == [spec.width, spec.height] == [512, 512]
+    assert s["intrinsics"].tolist() == pytest.approx([1.5 * 512, 255.5, 255.5])   # the synthetic camera
     # The profile rises from 0 before the onset to 1 at the apex and is 0 again after the offset.
     prof = s["gt_profile"]
     assert prof[:spec.onset + 1].max() == 0 and prof[spec.apex] == 1 and prof[spec.offset:].max() == 0

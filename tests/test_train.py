@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from backend.config import FlowConfig
 from backend.dataset import make_synthetic_sample
 from backend.flame import load_flame
 from backend.model import load_weights
@@ -39,5 +40,6 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, monkeyp
     assert (tmp_path / "resumed.ckpt").exists() and not (tmp_path / "resumed.pt").exists()
     train(config("resumed"), log=lambda line: None)   # the same command again: resumes at step 2
     a, b = load_weights(tmp_path / "whole.pt", model), load_weights(tmp_path / "resumed.pt", model)
+    assert a.trained_flow == FlowConfig().recipe()    # the flow its data was made with, for the pipeline's check
     for (name, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
         torch.testing.assert_close(pa, pb, rtol=0, atol=0, msg=name)
