@@ -1,7 +1,7 @@
 """Held-out synthetic micro-expressions: fit-only baseline vs DEM only vs the full model.
 
     .venv/bin/python benchmarks/bench_learned.py --weights weights/microface.pt --data /work/data/microface/heldout
-        [--weights-ablation NAME=PATH ...] [--limit N]
+        [--ablation NAME=PATH ...] [--limit N] [--per-clip]
 
 Held-out clips come from `python -m backend.dataset synth DIR --seeds 900000:900040` (seeds never
 used in training). Each clip runs as one window from its first frame; metrics are
@@ -25,15 +25,36 @@ COLUMNS = ("recovered_fraction", "motion_error_active_mm", "true_motion_active_m
 GOALS = "goals: recovered >= 0.60, invented <= 0.10 mm, region accuracy >= 0.90, jitter <= 0.05 mm"
 
 
-def evaluate(nets: dict, samples: list[dict], flame_model, layer) -> dict[str, dict[str, float]]:
-    """Mean metrics per method over ``samples`` (see backend.evaluate.compare_methods)."""
+def clip_metrics(nets: dict, samples: list[dict], flame_model, layer) -> dict[str, list[dict]]:
+    """Per method, one metrics dict per sample (see backend.evaluate.compare_methods)."""
     from backend.evaluate import compare_methods
 
     rows: dict[str, list[dict]] = {}
     for s in samples:
         for name, m in compare_methods(s, flame_model, layer, nets).items():
             rows.setdefault(name, []).append(m.as_dict())
+    return rows
+
+
+def means(rows: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
     return {name: {k: float(np.mean([r[k] for r in rs])) for k in COLUMNS} for name, rs in rows.items()}
+
+
+def evaluate(nets: dict, samples: list[dict], flame_model, layer) -> dict[str, dict[str, float]]:
+    """Mean metrics per method over ``samples``."""
+    return means(clip_metrics(nets, samples, flame_model, layer))
+
+
+def print_wins(rows: dict[str, list[dict]], seeds: list[int]) -> None:
+    """Per clip, the full model against the fit: where tests/test_shipped_weights.py takes its margins."""
+    keys = ("motion_error_active_mm", "invented_still_mm", "jitter_pre_onset_mm")
+    print("| seed | " + " | ".join(f"{k}: fit / full" for k in keys) + " |")
+    print("|---|" + "---|" * len(keys))
+    for seed, fit, full in zip(seeds, rows["fit only"], rows["full"]):
+        print(f"| {seed} | " + " | ".join(f"{fit[k]:.3f} / {full[k]:.3f}" for k in keys) + " |")
+    for k in keys:
+        margin = np.array([f[k] - n[k] for f, n in zip(rows["fit only"], rows["full"])])
+        print(f"{k}: the full model is lower in {np.mean(margin > 0):.0%} of clips, median margin {np.median(margin):.3f}")
 
 
 def print_table(table: dict[str, dict[str, float]], n: int) -> None:
@@ -51,6 +72,7 @@ def main() -> int:
     ap.add_argument("--data", default="/work/data/microface/heldout")
     ap.add_argument("--ablation", nargs="*", default=[], metavar="NAME=PATH", help="more trained variants")
     ap.add_argument("--limit", type=int, default=0)
+    ap.add_argument("--per-clip", action="store_true", help="also the full model against the fit, clip by clip")
     args = ap.parse_args()
 
     from backend.dataset import load_sample
@@ -67,7 +89,10 @@ def main() -> int:
     for spec in args.ablation:
         name, path = spec.split("=", 1)
         nets[name] = load_weights(path, flame_model)
-    print_table(evaluate(nets, samples, flame_model, layer), len(samples))
+    rows = clip_metrics(nets, samples, flame_model, layer)
+    print_table(means(rows), len(samples))
+    if args.per_clip:
+        print_wins(rows, [int(s["meta"]["seed"]) for s in samples])
     return 0
 
 

@@ -2,13 +2,13 @@
 
     .venv/bin/python benchmarks/bench_real.py [VIDEO ...] [--end N] [--weights PATH]
 
-Per clip, the frontend runs once (landmarks, alignment, TV-L1, the static fit) and the shipped
+Per clip, the frontend runs once (landmarks, alignment, flow, the static fit) and the shipped
 network refines its output, so the three methods see the same inputs. Metrics, over frames with
 a detected, unoccluded face:
 - reprojection: the mesh's MediaPipe-point embedding projected against the detected MediaPipe
   points, mean source pixels, and as % of the outer eye-corner distance;
 - still jitter: mean |V_t+1 - V_t| in head space (face vertices, mm) over frame pairs where the
-  face does not move: the 90th percentile of the TV-L1 flow magnitude inside the face is below
+  face does not move: the 90th percentile of the flow magnitude inside the face is below
   STILL_PX crop pixels;
 - photometric L1: windows of WINDOW frames, each starting at its own onset; the colour each
   visible vertex picks up in the onset crop against the colour at its projection in frame t,
