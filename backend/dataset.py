@@ -277,8 +277,8 @@ class SyntheticSpec:
     light_direction_drift_deg: float
     light_intensity_drift: float
     off_basis_mm: float
-    # 512 px frames put about 400 px across the face: flow reads faint motion better with more
-    # pixels (docs/learned_modules.md, "The ceiling"), and real high-speed clips are sharp too.
+    # 512 px frames: the flow reads faint motion better with more pixels across the face
+    # (docs/learned_modules.md, "The ceiling").
     width: int = 512
     height: int = 512
     texture_size: int = 1024

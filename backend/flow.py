@@ -1,8 +1,8 @@
 """Optical flow between consecutive aligned crops.
 
 DIS is OpenCV's dense inverse search; TV-L1 (the paper's choice) is DualTVL1 from opencv-contrib.
-Micro-motion is a fraction of a crop pixel, and both methods read it better on a crop several
-times the side the network reads (same framing), averaged back down: ``FlowConfig.supersample``.
+Micro-motion is a fraction of a crop pixel, and both methods read it better on a crop twice the
+side the network reads (same framing), averaged back down: ``FlowConfig.supersample``.
 On the held-out synthetic clips DIS on a 2x crop carries the most micro-motion of the variants
 measured (docs/learned_modules.md, "The ceiling"), so it is the default. Flow pairs are
 independent, so they are spread over a small thread pool (OpenCV releases the GIL).
@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import cv2
 import numpy as np
 
-from .align import Alignment
+from .align import Alignment, upscale_transforms, warp_crops
 from .config import FlowConfig
 from .errors import MicroFaceError
 from .video import Progress
@@ -87,8 +87,6 @@ def aligned_flow(frames: np.ndarray, alignment: Alignment, cfg: FlowConfig | Non
     """Flow between consecutive aligned crops: (T-1, S, S, 2) float32 in S-crop pixels, S the
     alignment's side. With ``cfg.supersample`` k > 1 it is computed on (k S)-pixel crops of
     ``frames`` (T, H, W, 3) uint8 cut with the same framing, then reduced k-fold to the S grid."""
-    from .align import upscale_transforms, warp_crops
-
     cfg = cfg or FlowConfig()
     k = int(cfg.supersample)
     if k < 1:
