@@ -1,4 +1,4 @@
-"""MicroFace backend: video -> landmarks -> aligned crops -> TV-L1 flow -> FLAME fit -> result file.
+"""MicroFace backend: video -> landmarks -> aligned crops -> optical flow -> FLAME fit -> result file.
 
 Importing this package does no work and imports neither torch nor OpenCV; each stage imports
 what it needs when it runs.

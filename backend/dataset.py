@@ -559,7 +559,7 @@ def _cmd_synth(args) -> int:
     valid, seconds = [], []
     jobs = [(s, str(out)) for s in todo]
     if args.workers <= 1:
-        # In this process: TV-L1 pairs spread over the cores instead.
+        # In this process: flow pairs spread over the cores instead.
         _init_worker(flow_workers=0, single_thread=False)
         results = map(_synth_job, jobs)
         pool = None

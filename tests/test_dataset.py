@@ -275,7 +275,6 @@ def test_real_samples_from_single_face(tmp_path, model):
     video = shared_video("single_face.mp4")
     cfg = ReconstructConfig(device="cpu")
     cfg.video.end = 31                 # 32 frames: two windows at stride 1, one at stride 2
-    cfg.flow.method = "dis"            # the cutting is under test here, not TV-L1
     cfg.fit.iters = 60
     paths = make_real_samples(video, model, tmp_path, window=16, strides=(1, 2), cfg=cfg)
     assert [p.name for p in paths] == ["real_single_face_00000_x1.npz", "real_single_face_00016_x1.npz",
