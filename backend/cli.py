@@ -37,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--fan", help="FAN 68-point weights (2DFAN4 .zip) or their folder (else $MICROFACE_FAN_DIR, "
                    "else torch's hub cache; without them the 68 points come from the fitted mesh)")
     r.add_argument("--face-index", type=int, help="which face when several are visible: 0 = largest (default)")
-    r.add_argument("--flow", choices=("dis", "tvl1"), default="dis",
+    r.add_argument("--flow", choices=("dis", "tvl1"),
                    help="optical flow: DIS (default; the shipped weights were trained on it) or TV-L1 (the paper's)")
     r.add_argument("--iters", type=int, help="fit iterations")
     r.add_argument("--focal", type=float, help="camera focal length in source pixels (default: max(width, height))")
@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg.video.start, cfg.video.end, cfg.video.fps = args.start, args.end, args.fps
         cfg.landmarks.face_index = args.face_index
         cfg.landmarks.fan = args.fan
-        cfg.flow.method = args.flow
+        if args.flow:
+            cfg.flow.method = args.flow
         if args.iters:
             cfg.fit.iters = args.iters
         cfg.fit.focal = args.focal

@@ -46,6 +46,7 @@ class MicroFaceNet(nn.Module):
         super().__init__()
         self.cfg = cfg = cfg or ModelConfig()
         self.flame_model = model
+        self.trained_flow: dict | None = None   # the flow recipe it learned to read (load_weights sets it)
         self.flame = FlameLayer(model)
         for b in self.flame.buffers():
             b.requires_grad_(False)
@@ -178,5 +179,5 @@ def load_weights(path: str | os.PathLike, model: FlameModel, device: str = "cpu"
     if missing or unexpected:
         raise MicroFaceError(f"weights file {path} does not match this network "
                              f"(missing {len(missing)}, unexpected {len(unexpected)} tensors)")
-    net.trained_flow = json.loads(payload.get("flow", "null"))   # weights from before it was recorded: None
+    net.trained_flow = json.loads(payload.get("flow", "null"))   # None in weights from before it was recorded
     return net.to(device).eval()

@@ -249,8 +249,10 @@ def train(cfg: TrainConfig, log=print) -> Path:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tail = history[-50:]
     # the flow recipes the network learned to read; samples made before they were recorded give None
-    flows = [json.loads(f) for f in sorted({json.dumps(s["meta"].get("flow"), sort_keys=True)
-                                            for s in synth.samples + (real.samples if real else [])})]
+    flows = []
+    for s in synth.samples + (real.samples if real else []):
+        if s["meta"].get("flow") not in flows:
+            flows.append(s["meta"].get("flow"))
     provenance = {
         "command": "python -m backend.train " + " ".join(sys.argv[1:]),
         "commit": _git_commit(),

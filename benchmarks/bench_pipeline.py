@@ -24,8 +24,8 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("video", nargs="?", default=str(DEFAULT_VIDEO))
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--flow", default="dis", choices=("dis", "tvl1"))
-    ap.add_argument("--supersample", type=int, default=2, help="flow crop side / aligned crop side")
+    ap.add_argument("--flow", choices=("dis", "tvl1"), help="default: FlowConfig's")
+    ap.add_argument("--supersample", type=int, help="flow crop side / aligned crop side (default: FlowConfig's)")
     ap.add_argument("--start", type=int)
     ap.add_argument("--end", type=int)
     args = ap.parse_args()
@@ -36,7 +36,8 @@ def main() -> int:
     from backend.pipeline import reconstruct
 
     cfg = ReconstructConfig(device=args.device)
-    cfg.flow.method, cfg.flow.supersample = args.flow, args.supersample
+    cfg.flow.method = args.flow or cfg.flow.method
+    cfg.flow.supersample = args.supersample or cfg.flow.supersample
     cfg.video.start, cfg.video.end = args.start, args.end
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -46,7 +47,7 @@ def main() -> int:
     timings = res.meta["timings"]
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"clip {Path(args.video).name}: {n} frames, {int(res.image_size[0])}x{int(res.image_size[1])} px,"
-          f" device {res.meta['device']}, flow {args.flow} x{args.supersample}, torch {torch.__version__}, {platform.processor() or platform.machine()},"
+          f" device {res.meta['device']}, flow {cfg.flow.method} x{cfg.flow.supersample}, torch {torch.__version__}, {platform.processor() or platform.machine()},"
           f" {torch.get_num_threads()} threads")
     print(f"{'stage':<12}{'seconds':>10}{'frames/s':>12}")
     for stage in ("load_model", "decode", "landmarks", "align", "flow", "fit", "refine", "write"):
