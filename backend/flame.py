@@ -62,6 +62,13 @@ class FlameModel:
     def n_joints(self) -> int:
         return len(self.parents)
 
+    def jaw_pose_slice(self) -> slice:
+        """The jaw's 3 axis-angle entries in a (3J,) pose vector; empty for a head with no jaw joint."""
+        if "jaw" not in self.joint_names:
+            return slice(0, 0)
+        j = 3 * self.joint_names.index("jaw")
+        return slice(j, j + 3)
+
     def eye_joints(self) -> list[int]:
         """Indices of the eye joints (FLAME: left_eye, right_eye)."""
         return [j for j, n in enumerate(self.joint_names) if "eye" in n.lower()]

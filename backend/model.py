@@ -52,8 +52,7 @@ class MicroFaceNet(nn.Module):
             b.requires_grad_(False)
         # ψ is the expression plus the jaw rotation: FLAME moves the mouth with both, and a jaw left to the
         # per-frame landmark fit invents most of the motion (0.01 rad of noise = 0.8 mm at the chin).
-        self.jaw = slice(3 * model.joint_names.index("jaw"), 3 * model.joint_names.index("jaw") + 3) \
-            if "jaw" in model.joint_names else slice(0, 0)
+        self.jaw = model.jaw_pose_slice()
         self.n_psi = model.n_expr + (self.jaw.stop - self.jaw.start)
         self.dem = DynamicEncodedModule(self.n_psi, width=cfg.dem_width, latent=cfg.dem_latent)
         self.dgmd = DynamicGuidedDeformation(model, cfg.dgmd)

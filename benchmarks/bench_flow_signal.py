@@ -60,11 +60,6 @@ RENDER_VARIANTS = {
 }
 
 
-def _jaw(model) -> slice:
-    j = 3 * model.joint_names.index("jaw")
-    return slice(j, j + 3)
-
-
 def _crop_px(sample: dict, layer) -> np.ndarray:
     """The true vertices of ``sample`` projected into each frame's crop: (T, V, 2) 224-crop px."""
     import torch
@@ -82,7 +77,7 @@ def _still_face(sample: dict, model) -> dict:
     out = dict(sample)
     out["gt_expr"] = np.repeat(sample["gt_expr"][:1], len(sample["gt_expr"]), 0)
     out["gt_profile"] = np.zeros_like(sample["gt_profile"])
-    pose, jaw = sample["gt_pose"].copy(), _jaw(model)
+    pose, jaw = sample["gt_pose"].copy(), model.jaw_pose_slice()
     pose[:, jaw] = pose[:1, jaw]
     out["gt_pose"] = pose
     return out
@@ -131,7 +126,7 @@ def ceiling(sample: dict, model, layer, observed: np.ndarray, micro: np.ndarray)
 
     meta = sample["meta"]
     apex, onset, offset = int(meta["apex"]), int(meta["onset"]), int(meta["offset"])
-    labels, jaw = model.region_labels, _jaw(model)
+    labels, jaw = model.region_labels, model.jaw_pose_slice()
     f64 = lambda k: torch.as_tensor(sample[k], dtype=torch.float64)  # noqa: E731
     shape, expr, pose, trans = f64("gt_shape"), f64("gt_expr"), f64("gt_pose"), f64("gt_trans")
     intr, align = f64("intrinsics")[None], f64("align")[None, apex:apex + 1]

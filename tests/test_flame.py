@@ -1,6 +1,7 @@
 """FLAME loading and forward pass, region labels and asset path resolution, on the open stand-in."""
 from __future__ import annotations
 
+import dataclasses
 import pickle
 from pathlib import Path
 
@@ -92,6 +93,12 @@ def test_jaw_opens_the_chin_and_leaves_the_forehead(model, layer):
     assert np.linalg.norm(delta[chin], axis=1).mean() > 8e-3   # measured 16 mm
     assert delta[chin, 1].mean() < -5e-3                       # chin goes down: measured -10.5 mm
     assert np.abs(delta[forehead]).max() <= 1e-6
+
+
+def test_jaw_pose_slice_is_the_jaw_joints_entries(model):
+    assert model.jaw_pose_slice() == slice(3 * JAW, 3 * JAW + 3)
+    jawless = dataclasses.replace(model, joint_names=["global", "neck", "left_eye", "right_eye"])
+    assert jawless.jaw_pose_slice() == slice(0, 0)
 
 
 @pytest.mark.parametrize("kind", ["68", "mediapipe"])

@@ -1,0 +1,201 @@
+"""How much of a synthetic micro-expression the pixels themselves hold: an oracle that reads them.
+
+    .venv/bin/python benchmarks/bench_pixel_ceiling.py [--limit N] [--seed0 S]
+
+bench_flow_signal.py bounds every reader of the optical flow. This bounds a model-based reader of
+the pixels, i.e. what a photometric refinement stage (analysis by synthesis) could reach at best.
+It is given more than any real method has:
+- the true identity, camera, onset expression and rigid head motion of every frame;
+- the true temporal profile, so a single apex change ψ of expression and jaw is solved from all
+  frames onset..offset at once (the strongest pooling over time);
+- the expression motion linearised at the truth (exact to first order at these amplitudes).
+
+Every face point visible at the onset (face vertices and face-triangle centroids) carries its
+onset-frame colour. The unknowns are ψ and a gain and bias per frame and channel (the light
+drifts). Gauss-Newton on the Huber-weighted colour residual, bilinear samples of the frames and
+their gradients, prior λ ψᵀBψ with B the Gram of ψ's motion in mm per face vertex; λ is chosen per
+variant as the best on the mean (oracle too). Scored by backend.evaluate.micro_metrics over
+onset..offset, like the network and bench_flow_signal's readers.
+
+Variants re-render the held-out seeds:
+- recipe: the frames after the mp4 round trip, as the frontend sees them;
+- no mp4 round trip;
+- clean camera: no mp4, no sensor noise, no light drift;
+- every captured frame: the recipe at stride 1 (all the high-speed frames, not the stored ones).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+LAMBDAS = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
+ITERATIONS = 4
+HUBER = 3.0                     # robust scale, in MADs of the residual
+_CLEAN = {"noise_std": 0.0, "light_direction_drift_deg": 0.0, "light_intensity_drift": 0.0}
+# name: (SyntheticSpec changes, mp4 round trip, every captured frame)
+VARIANTS = {
+    "recipe (mp4 round trip)": ({}, True, False),
+    "no mp4 round trip": ({}, False, False),
+    "clean camera (no mp4, noise or light drift)": (_CLEAN, False, False),
+    "every captured frame (stride 1, mp4)": ({}, True, True),
+}
+
+
+def full_rate(spec):
+    """``spec`` rendered at its capture rate: every captured frame, the same onset, apex and offset times."""
+    k = spec.stride
+    return dataclasses.replace(spec, stride=1, n_frames=(spec.n_frames - 1) * k + 1, onset=spec.onset * k,
+                               apex=spec.apex * k, offset=spec.offset * k)
+
+
+def mp4_round_trip(clip) -> np.ndarray:
+    """The clip's frames written as the dataset writes them and decoded as the frontend decodes them."""
+    from backend.synth import write_video
+    from backend.video import read_clip
+
+    with tempfile.TemporaryDirectory(prefix="microface_pixels_") as tmp:
+        return read_clip(write_video(clip, Path(tmp) / "clip.mp4"), min_frames=1).frames
+
+
+def _bilinear(img, px):
+    """img (C, H, W), px (N, 2) pixels -> (N, C)."""
+    import torch.nn.functional as F
+
+    h, w = img.shape[1:]
+    grid = (2.0 * px + 1.0) / px.new_tensor([w, h]) - 1.0
+    return F.grid_sample(img[None], grid[None, None], align_corners=False)[0, :, 0].T
+
+
+def read_pixels(clip, frames: np.ndarray, model, layer) -> dict[float, object]:
+    """backend.evaluate Metrics of the oracle reader (module docstring) per prior weight λ."""
+    import cv2
+    import torch
+    from torch.func import jacfwd
+
+    from backend.camera import project
+    from backend.dataset import gt_vertices
+    from backend.evaluate import micro_metrics
+    from backend.flame import axis_angle_to_matrix
+    from backend.losses import vertex_visibility
+
+    f64 = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float64)  # noqa: E731
+    truth = dict(gt_shape=clip.shape, gt_expr=clip.expr, gt_pose=clip.pose, gt_trans=clip.trans,
+                 gt_offbasis=clip.off_basis_field, gt_profile=clip.profile)
+    gt_cam, gt_head = gt_vertices(truth, layer)
+    onset, offset, labels = clip.onset, clip.offset, model.region_labels
+    shape, expr, pose, trans, intr = (f64(a) for a in (clip.shape, clip.expr, clip.pose, clip.trans, clip.intrinsics))
+    jaw, n = model.jaw_pose_slice(), expr.shape[1]
+    psi0 = torch.cat([expr[onset], pose[onset, jaw]])
+
+    def head(psi):
+        p = torch.zeros_like(pose[0])
+        p[jaw] = psi[n:]
+        return layer(shape[None], psi[None, :n], p[None])[0][0]
+
+    jac_head = jacfwd(head)(psi0)                                                 # (V, 3, P) m
+    face = labels >= 0
+    basis_mm = jac_head[face].reshape(-1, psi0.numel()) * 1000.0
+    prior = basis_mm.T @ basis_mm / face.sum()
+    seen = face & vertex_visibility(gt_cam[[onset]], model.faces, clip.intrinsics, clip.width, clip.height)[0]
+    tri = np.asarray(model.faces)[seen[np.asarray(model.faces)].all(1)]
+
+    def points(v):                                                              # (V, ...) -> (N, ...)
+        return torch.cat([v[seen], v[tri].mean(1)])
+
+    frames_t = list(range(onset + 1, offset + 1))
+    still_pose = pose[frames_t].clone()
+    still_pose[:, jaw] = pose[onset, jaw]
+    with torch.no_grad():
+        x0 = layer(shape[None].expand(len(frames_t), -1), expr[onset][None].expand(len(frames_t), -1),
+                   still_pose, trans[frames_t])[0]                             # (F, V, 3) the head at ψ0
+    rot = axis_angle_to_matrix(pose[frames_t, :3])
+    prof = f64(clip.profile)[frames_t]
+
+    def image(frame):
+        img = np.asarray(frame, np.float64)
+        grads = [cv2.Sobel(img, cv2.CV_64F, *d, ksize=3) / 8.0 for d in ((1, 0), (0, 1))]
+        return [torch.as_tensor(np.ascontiguousarray(a.transpose(2, 0, 1))) for a in (img, *grads)]
+
+    with torch.no_grad():
+        x_on = layer(shape[None], expr[onset][None], pose[onset][None], trans[onset][None])[0][0]
+        template = _bilinear(image(frames[onset])[0], project(points(x_on), intr))  # (N, 3)
+        n_pts, n_psi = len(template), psi0.numel()
+        gain_bias = torch.zeros(n_pts, 3, 6, dtype=torch.float64)
+        for c in range(3):
+            gain_bias[:, c, c], gain_bias[:, c, 3 + c] = -template[:, c], -1.0
+        gain_bias = gain_bias.reshape(-1, 6)
+        per_frame = []
+        for i, t in enumerate(frames_t):
+            x = points(x0[i])
+            d = -x[:, 2]
+            dpi = torch.zeros(len(x), 2, 3, dtype=torch.float64)               # d(pixel)/d(camera point)
+            dpi[:, 0, 0], dpi[:, 0, 2] = intr[0] / d, intr[0] * x[:, 0] / d ** 2
+            dpi[:, 1, 1], dpi[:, 1, 2] = -intr[0] / d, -intr[0] * x[:, 1] / d ** 2
+            moves = points(torch.einsum("ij,vjp->vip", rot[i], jac_head))       # (N, 3, P) camera m per ψ
+            per_frame.append((x, dpi @ moves * prof[i], image(frames[t])))
+
+        out = {}
+        for lam in LAMBDAS:
+            psi = torch.zeros(n_psi, dtype=torch.float64)
+            for _ in range(ITERATIONS):
+                hess, grad = lam * prior, lam * prior @ psi
+                for x, jac_px, (img, gx, gy) in per_frame:
+                    px = project(x, intr) + jac_px @ psi
+                    res = (_bilinear(img, px) - template).reshape(-1)
+                    jp = (_bilinear(gx, px)[:, :, None] * jac_px[:, None, 0] +
+                          _bilinear(gy, px)[:, :, None] * jac_px[:, None, 1]).reshape(-1, n_psi)
+                    scale = HUBER * 1.4826 * res.abs().median()
+                    w = (scale / res.abs().clamp_min(1e-9)).clamp(max=1.0)[:, None] / len(res)
+                    # per-frame gain and bias eliminated by their Schur complement
+                    hpe, hee_inv = (jp * w).T @ gain_bias, torch.linalg.inv((gain_bias * w).T @ gain_bias)
+                    hess = hess + (jp * w).T @ jp - hpe @ hee_inv @ hpe.T
+                    grad = grad + (jp * w).T @ res - hpe @ hee_inv @ ((gain_bias * w).T @ res)
+                psi = psi - torch.linalg.solve(hess, grad)
+            pred = gt_head[onset][None] + torch.einsum("vcp,t,p->tvc", jac_head, f64(clip.profile), psi).numpy()
+            out[lam] = micro_metrics(gt_cam, gt_cam, pred, gt_head, labels, model.region_names,
+                                     list(clip.active_regions), onset, offset)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--limit", type=int, default=10, help="held-out seeds to render per variant")
+    ap.add_argument("--seed0", type=int, default=900000, help="first held-out seed")
+    args = ap.parse_args()
+
+    import torch
+
+    from backend.dataset import _render, draw_synthetic_spec
+    from backend.flame import FlameLayer, load_flame
+
+    torch.set_num_threads(2)
+    model = load_flame()
+    layer = FlameLayer(model).double()
+    print("| variant | clips | lambda | recovered share (mean / median) | invented, still | region accuracy |")
+    print("|---|---|---|---|---|---|")
+    for name, (changes, mp4, every_frame) in VARIANTS.items():
+        rows = []
+        for seed in range(args.seed0, args.seed0 + args.limit):
+            spec = dataclasses.replace(draw_synthetic_spec(seed), **changes)
+            clip, _ = _render(full_rate(spec) if every_frame else spec, model)
+            rows.append(read_pixels(clip, mp4_round_trip(clip) if mp4 else clip.frames, model, layer))
+
+        def col(lam, key):
+            return np.array([getattr(r[lam], key) for r in rows])
+        lam = max(LAMBDAS, key=lambda x: col(x, "recovered_fraction").mean())
+        rec = col(lam, "recovered_fraction")
+        print(f"| {name} | {len(rows)} | {lam:g} | {rec.mean():.3f} / {np.median(rec):.3f} | "
+              f"{col(lam, 'invented_still_mm').mean():.3f} mm | {col(lam, 'region_accuracy').mean():.3f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
