@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--face-index", type=int, help="which face when several are visible: 0 = largest (default)")
     r.add_argument("--flow", choices=("dis", "tvl1"),
                    help="optical flow: DIS (default; the shipped weights were trained on it) or TV-L1 (the paper's)")
+    r.add_argument("--drift-sigma", type=float, metavar="SECONDS",
+                   help="the network's expression drift slower than this is taken from the landmark fit "
+                   "(Gaussian sigma; default 0.5, 0 = off)")
     r.add_argument("--iters", type=int, help="fit iterations")
     r.add_argument("--focal", type=float, help="camera focal length in source pixels (default: max(width, height))")
     r.add_argument("--quiet", action="store_true", help="no progress lines, only the final one")
@@ -82,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg.landmarks.fan = args.fan
         if args.flow:
             cfg.flow.method = args.flow
+        if args.drift_sigma is not None:
+            cfg.drift_sigma_s = args.drift_sigma
         if args.iters:
             cfg.fit.iters = args.iters
         cfg.fit.focal = args.focal

@@ -184,6 +184,9 @@ class ReconstructConfig:
     assets: str | None = None
     weights: str | None = None      # the trained DEM + DGMD network; None = the shipped one
     refine: bool = True             # False: the static fit only (the tracking baseline)
+    # The network's expression and jaw take their drift slower than this (Gaussian sigma, seconds)
+    # from the landmark fit; micro-expressions last under half a second. 0 = off.
+    drift_sigma_s: float = 0.5
 
 
 def pick_device(name: str = "auto") -> str:

@@ -110,17 +110,19 @@ def compare_methods(sample: dict, flame_model, layer, nets: dict) -> dict[str, M
     """
     import torch
 
+    from .config import ReconstructConfig
     from .dataset import gt_vertices
     from .refine import refine_sample
 
     meta = sample["meta"]
+    drift_sigma = ReconstructConfig().drift_sigma_s * float(meta["fps"])
     gt_cam, gt_head = gt_vertices(sample, layer)
     with torch.no_grad():
         v, _ = layer(torch.as_tensor(sample["fit_shape"]), torch.as_tensor(sample["fit_expr"]),
                      torch.as_tensor(sample["fit_pose"]), torch.as_tensor(sample["fit_trans"]))
     preds = {"fit only": (v.numpy(), head_space(layer, sample["fit_shape"], sample["fit_expr"], sample["fit_pose"]))}
     for name, net in nets.items():
-        r = refine_sample(net, sample)
+        r = refine_sample(net, sample, drift_sigma=drift_sigma)
         if name == "full":
             preds["DEM only"] = (r["vertices_init"], r["vertices_init_head"])
         preds[name] = (r["vertices"], r["vertices_head"])

@@ -147,6 +147,8 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
     progress = progress or (lambda stage, done, total: None)
     timings: dict[str, float] = {}
     out = _check_output(output)
+    if not cfg.drift_sigma_s >= 0:   # also NaN
+        raise MicroFaceError(f"drift sigma {cfg.drift_sigma_s} is not a time in seconds >= 0 (0 turns it off)")
     device = pick_device(cfg.device)
 
     from .flame import load_flame
@@ -169,7 +171,8 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
 
         wpath = resolve_asset("weights", cfg.weights, folders=(WEIGHTS_DIR,))
         net = load_weights(wpath, model, device)
-        refined = _timed(timings, "refine", refine_sample, net, inputs, clip.frame_indices)
+        refined = _timed(timings, "refine", refine_sample, net, inputs, clip.frame_indices,
+                         cfg.drift_sigma_s * clip.fps)
         vertices, vertices_init = refined["vertices"], refined["vertices_init"]
         expr, pose = refined["expr"], refined["pose"]
         weights_info = {"path": str(wpath), "id": asset_id(wpath)}
@@ -205,6 +208,7 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
         "warnings": warnings,
         "refined": bool(cfg.refine),
         "weights": weights_info,
+        **({"drift_sigma_s": float(cfg.drift_sigma_s)} if cfg.refine else {}),
         "units": dict(UNITS),
     }
     result = Result(

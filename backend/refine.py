@@ -13,11 +13,36 @@ from .dem import window_times
 from .model import MicroFaceNet, landmark_points
 
 
+def drift_from_fit(psi: np.ndarray, fit_psi: np.ndarray, frame_indices: np.ndarray, sigma: float,
+                  rows: int = 1024) -> np.ndarray:
+    """``psi`` (T, P) with its drift slower than ``sigma`` source frames replaced by ``fit_psi``'s.
+
+    Returns psi + G * (fit_psi - psi), G a Gaussian kernel smoother over the frame numbers (T,),
+    normalised per frame: a constant offset goes exactly, a linear drift away from the ends, and
+    motion much faster than ``sigma`` stays psi's. Memory grows with T * sigma, not T^2.
+    """
+    f = np.asarray(frame_indices, np.float64)
+    diff = np.asarray(fit_psi, np.float64) - psi
+    out = np.array(psi, np.float64)
+    reach = 4.0 * sigma
+    for s in range(0, len(f), rows):
+        at = f[s:s + rows]
+        lo, hi = np.searchsorted(f, at[0] - reach), np.searchsorted(f, at[-1] + reach, side="right")
+        d = at[:, None] - f[None, lo:hi]
+        w = np.where(np.abs(d) <= reach, np.exp(-0.5 * (d / sigma) ** 2), 0.0)   # each row's own 4 sigma
+        out[s:s + rows] += w @ diff[lo:hi] / w.sum(1, keepdims=True)
+    return out.astype(np.asarray(psi).dtype)
+
+
 def refine_sample(net: MicroFaceNet, sample: dict, frame_indices: np.ndarray | None = None,
-                  chunk: int = 48) -> dict[str, np.ndarray]:
+                  drift_sigma: float = 0.0, chunk: int = 48) -> dict[str, np.ndarray]:
     """Run DEM -> FLAME -> DGMD on every frame of ``sample``.
 
     ``frame_indices`` (T,) source frame numbers set the time axis (default 0..T-1).
+    ``drift_sigma`` > 0: the DEM's expression and jaw take their drift slower than this many
+    source frames from the landmark fit (:func:`drift_from_fit`) before the mesh deformation. The
+    ODE integrates the flow from the onset, so over a long clip its small errors add up; the fit
+    tracks slow motion well, and micro-expressions are faster than half a second.
     Returns float32 numpy: expr (T, n), pose (T, 3J) (its jaw from the DEM), vertices_init and vertices (T, V, 3) camera m, their head-space
     twins, intensity and attention_region (T, R), with frame 0 the onset.
     """
@@ -36,6 +61,13 @@ def refine_sample(net: MicroFaceNet, sample: dict, frame_indices: np.ndarray | N
     with torch.no_grad():
         dem = net(batch, expr_only=True)
         expr, pose = dem["expr"], dem["pose"]
+        if drift_sigma > 0:
+            n, jaw = expr.shape[-1], net.jaw
+            psi = torch.cat([expr[0], pose[0, :, jaw]], 1).cpu().numpy()
+            fit_psi = np.concatenate([sample["fit_expr"], np.asarray(sample["fit_pose"])[:, jaw]], 1)
+            psi = torch.as_tensor(drift_from_fit(psi, fit_psi, f, drift_sigma), device=dev)
+            expr, pose = psi[None, :, :n].contiguous(), pose.clone()
+            pose[0, :, jaw] = psi[:, n:]
         outs = []
         flow_acc = torch.cat([torch.zeros_like(flow[:, :1]), flow.cumsum(1)], 1)
         for s in range(0, t_count, chunk):

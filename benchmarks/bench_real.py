@@ -82,7 +82,7 @@ def run_clip(video: str, net, model, end: int | None) -> tuple[dict, dict]:
     lms = detect_landmarks(clip, cfg.landmarks)
     fe = run_frontend(clip, lms, model, cfg)
     inputs = network_inputs(fe)
-    r = refine_sample(net, inputs, clip.frame_indices)
+    r = refine_sample(net, inputs, clip.frame_indices, cfg.drift_sigma_s * clip.fps)
     good = lms.valid & ~lms.occluded & ~lms.outlier
     still = still_pairs(fe.flow, good)
     fit_head = head_space(FlameLayer(model), fe.fit.shape, fe.fit.expr, fe.fit.pose)

@@ -53,6 +53,12 @@ def test_not_a_video(capsys, tmp_path):
     _assert_clean_failure(*_run(capsys, ["reconstruct", str(bad), "-o", str(out)]), out, "video")
 
 
+def test_negative_drift_sigma(capsys, tmp_path):
+    out = tmp_path / "r.npz"
+    argv = ["reconstruct", str(shared_video("single_face.mp4")), "-o", str(out), "--drift-sigma", "-1"]
+    _assert_clean_failure(*_run(capsys, argv), out, "drift sigma", "seconds")
+
+
 def test_one_frame_clip(capsys, tmp_path):
     clip = write_video(tmp_path / "one.mp4", np.full((1, 64, 64, 3), 128, np.uint8))
     out = tmp_path / "r.npz"

@@ -210,7 +210,7 @@ def test_weights_round_trip_and_failures(flame_model, tmp_path):
 
 def test_chunked_refinement_equals_the_whole_window(flame_model):
     """backend/refine.py runs long clips in chunks of frames; the result must not depend on it."""
-    from backend.refine import refine_sample
+    from backend.refine import drift_from_fit, refine_sample
 
     net, batch = _batch(flame_model, b=1, t=7)
     for p in (net.dem.motion.head[-1].weight, net.dgmd.out[-1].weight):
@@ -225,3 +225,41 @@ def test_chunked_refinement_equals_the_whole_window(flame_model):
     out = refine_sample(net, sample, chunk=3)
     np.testing.assert_allclose(out["vertices"], whole["vertices"][0].numpy(), atol=1e-6)
     np.testing.assert_allclose(out["expr"], whole["expr"][0].numpy(), atol=1e-6)
+    # With a drift sigma, the DEM's expression and jaw take the fit's slow part, then the deformation runs.
+    sigma = 2.5
+    anchored = refine_sample(net, sample, drift_sigma=sigma, chunk=3)
+    jaw = net.jaw
+    psi = np.concatenate([out["expr"], out["pose"][:, jaw]], 1)
+    fit_psi = np.concatenate([sample["fit_expr"], sample["fit_pose"][:, jaw]], 1)
+    want = drift_from_fit(psi, fit_psi, np.arange(7), sigma)
+    np.testing.assert_allclose(anchored["expr"], want[:, :psi.shape[1] - 3], atol=1e-5)
+    np.testing.assert_allclose(anchored["pose"][:, jaw], want[:, -3:], atol=1e-5)
+    assert np.abs(anchored["expr"] - out["expr"]).max() > 1e-3   # it did change something
+
+
+def test_drift_from_fit_known_answers():
+    """psi + G * (fit - psi): a constant offset and a linear drift go, a one-frame spike stays but
+    for the kernel's own weight at its frame, and chunking the rows changes nothing."""
+    from backend.refine import drift_from_fit
+
+    rng = np.random.default_rng(0)
+    f = np.arange(200)
+    fit = rng.normal(size=(200, 4))
+    sigma = 10.0
+    np.testing.assert_allclose(drift_from_fit(fit + [0.3, -1.0, 2.0, 0.0], fit, f, sigma), fit, atol=1e-12)
+
+    drifting = fit + 0.01 * f[:, None]
+    inner = slice(41, 159)                                         # more than 4 sigma from either end
+    np.testing.assert_allclose(drift_from_fit(drifting, fit, f, sigma)[inner], fit[inner], atol=1e-12)
+
+    spike = fit.copy()
+    spike[100] += 1.0
+    kernel = np.exp(-0.5 * (np.arange(-40, 41) / sigma) ** 2)
+    kept = 1.0 - 1.0 / kernel.sum()                                # 0.960 for sigma = 10 frames
+    out = drift_from_fit(spike, fit, f, sigma)
+    np.testing.assert_allclose(out[100] - fit[100], kept, atol=1e-12)
+    np.testing.assert_allclose(out[90] - fit[90], -np.exp(-0.5) / kernel.sum(), atol=1e-12)
+
+    gaps = np.sort(rng.choice(1000, 200, replace=False))          # non-uniform frame numbers
+    np.testing.assert_allclose(drift_from_fit(spike, fit, gaps, sigma, rows=7),
+                               drift_from_fit(spike, fit, gaps, sigma), atol=1e-12)

@@ -49,6 +49,7 @@ def test_single_face_main_job(tmp_path):
     assert rf[cheeks].min() > 2 * rf[still].max()
     assert att[cheeks].min() > 0.5 > att[still].max()
     assert back.meta["refined"] and back.meta["weights"]["id"].startswith("microface.pt@sha256:")
+    assert back.meta["drift_sigma_s"] == 0.5
     # The rig arrays: skinning them gives vertices_init up to the joints' small dependence on the
     # expression (measured 0.007 mm; the stand-in has no pose correctives).
     from microface_blender.lbs import skin
