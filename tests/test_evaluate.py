@@ -1,0 +1,32 @@
+"""backend/evaluate.py's region detection rules, on hand-made peaks with known answers."""
+from __future__ import annotations
+
+import numpy as np
+
+from backend.evaluate import active_regions, calibrate_detection, region_truth
+
+T, F = True, False
+
+
+def test_active_regions_batched_equals_per_clip():
+    peaks = np.array([[1.0, 0.5, 0.04], [0.2, 0.05, 0.01]])
+    want = [[T, T, F], [T, F, F]]      # the truth's rule: >= 0.3 of the largest and >= 0.03 mm
+    assert active_regions(peaks).tolist() == [active_regions(p).tolist() for p in peaks] == want
+    assert active_regions(peaks, 0.2, 0.0).tolist() == [[T, T, F], [T, T, F]]
+    assert active_regions(peaks, 0.2, 0.6).tolist() == [[T, F, F], [F, F, F]]
+
+
+def test_calibration_picks_the_lowest_perfect_rule():
+    # Without a floor, row 1 needs fraction > 0.325 (0.065 / 0.2) and row 0 fraction <= 0.5:
+    # the lowest perfect rule on the grid is fraction 0.35 with no floor.
+    peaks = np.array([[1.0, 0.5, 0.04], [0.2, 0.065, 0.01], [2.0, 0.1, 0.12]])
+    truth = np.array([[T, T, F], [T, F, F], [T, F, F]])
+    assert calibrate_detection(peaks, truth) == (0.35, 0.0)
+    # Now row 1 would need fraction > 0.75 (0.06 / 0.08), which row 0 forbids: only a floor in
+    # (0.06, 0.08] separates it, and with that floor the lowest fraction on the grid works.
+    peaks[1] = [0.08, 0.06, 0.01]
+    assert calibrate_detection(peaks, truth) == (0.2, 0.08)
+
+
+def test_region_truth_names_the_regions():
+    assert region_truth(["b", "d"], ("a", "b", "c", "d")).tolist() == [F, T, F, T]
