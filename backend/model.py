@@ -63,6 +63,17 @@ class MicroFaceNet(nn.Module):
         self.dem.motion.autocast_dtype = dtype
         self.dgmd.motion_cnn.autocast_dtype = dtype
 
+    def pack_psi(self, expr: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
+        """ψ (..., n + 3): expression (..., n) ⊕ the jaw rotation of pose (..., 3J)."""
+        return torch.cat([expr, pose[..., self.jaw]], -1)
+
+    def unpack_psi(self, psi: torch.Tensor, pose: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The inverse of :meth:`pack_psi`: (expr (..., n), a copy of pose (..., 3J) with ψ's jaw)."""
+        n = psi.shape[-1] - (self.jaw.stop - self.jaw.start)
+        pose = pose.clone()
+        pose[..., self.jaw] = psi[..., n:]
+        return psi[..., :n], pose
+
     def _flame(self, shape: torch.Tensor, expr: torch.Tensor, pose: torch.Tensor, trans: torch.Tensor):
         b, t = expr.shape[:2]
         shape_bt = shape[:, None].expand(b, t, -1).reshape(b * t, -1)
@@ -87,19 +98,16 @@ class MicroFaceNet(nn.Module):
         so FLAME and the DGMD can run on a chunk of frames.
         """
         fit_expr, fit_pose = batch["fit_expr"], batch["fit_pose"]
-        b, t, n = fit_expr.shape
+        b, t = fit_expr.shape[:2]
         if given_expr:       # fit_expr and the jaw in fit_pose already hold the DEM's output
-            psi = torch.cat([fit_expr, fit_pose[..., self.jaw]], -1)
+            psi = self.pack_psi(fit_expr, fit_pose)
             dpsi = psi.new_zeros(b, max(t - 1, 0), psi.shape[-1])
         elif self.cfg.use_dem:
-            psi1 = torch.cat([fit_expr[:, 0], fit_pose[:, 0, self.jaw]], -1)
-            psi, dpsi = self.dem(psi1, batch["flow"], batch["times"])
+            psi, dpsi = self.dem(self.pack_psi(fit_expr[:, 0], fit_pose[:, 0]), batch["flow"], batch["times"])
         else:
-            psi = torch.cat([fit_expr, fit_pose[..., self.jaw]], -1)
+            psi = self.pack_psi(fit_expr, fit_pose)
             dpsi = psi.new_zeros(b, max(t - 1, 0), psi.shape[-1])
-        expr = psi[..., :n]
-        pose = fit_pose.clone()
-        pose[..., self.jaw] = psi[..., n:]
+        expr, pose = self.unpack_psi(psi, fit_pose)
         if expr_only:
             return {"expr": expr, "pose": pose, "dpsi": dpsi}
         v_cam, v_head = self._flame(batch["fit_shape"], expr, pose, batch["fit_trans"])

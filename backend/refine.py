@@ -62,12 +62,9 @@ def refine_sample(net: MicroFaceNet, sample: dict, frame_indices: np.ndarray | N
         dem = net(batch, expr_only=True)
         expr, pose = dem["expr"], dem["pose"]
         if drift_sigma > 0:
-            n, jaw = expr.shape[-1], net.jaw
-            psi = torch.cat([expr[0], pose[0, :, jaw]], 1).cpu().numpy()
-            fit_psi = np.concatenate([sample["fit_expr"], np.asarray(sample["fit_pose"])[:, jaw]], 1)
-            psi = torch.as_tensor(drift_from_fit(psi, fit_psi, f, drift_sigma), device=dev)
-            expr, pose = psi[None, :, :n].contiguous(), pose.clone()
-            pose[0, :, jaw] = psi[:, n:]
+            psi = drift_from_fit(net.pack_psi(expr, pose)[0].cpu().numpy(),
+                                 net.pack_psi(batch["fit_expr"], batch["fit_pose"])[0].cpu().numpy(), f, drift_sigma)
+            expr, pose = net.unpack_psi(torch.as_tensor(psi, device=dev)[None], pose)
         outs = []
         flow_acc = torch.cat([torch.zeros_like(flow[:, :1]), flow.cumsum(1)], 1)
         for s in range(0, t_count, chunk):
