@@ -65,15 +65,6 @@ def mp4_round_trip(clip) -> np.ndarray:
         return read_clip(write_video(clip, Path(tmp) / "clip.mp4"), min_frames=1).frames
 
 
-def _bilinear(img, px):
-    """img (C, H, W), px (N, 2) pixels -> (N, C)."""
-    import torch.nn.functional as F
-
-    h, w = img.shape[1:]
-    grid = (2.0 * px + 1.0) / px.new_tensor([w, h]) - 1.0
-    return F.grid_sample(img[None], grid[None, None], align_corners=False)[0, :, 0].T
-
-
 def read_pixels(clip, frames: np.ndarray, model, layer) -> dict[float, object]:
     """backend.evaluate Metrics of the oracle reader (module docstring) per prior weight λ."""
     import cv2
@@ -84,7 +75,7 @@ def read_pixels(clip, frames: np.ndarray, model, layer) -> dict[float, object]:
     from backend.dataset import gt_vertices
     from backend.evaluate import micro_metrics
     from backend.flame import axis_angle_to_matrix
-    from backend.losses import vertex_visibility
+    from backend.losses import _sample, vertex_visibility
 
     f64 = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float64)  # noqa: E731
     truth = dict(gt_shape=clip.shape, gt_expr=clip.expr, gt_pose=clip.pose, gt_trans=clip.trans,
@@ -119,14 +110,22 @@ def read_pixels(clip, frames: np.ndarray, model, layer) -> dict[float, object]:
     rot = axis_angle_to_matrix(pose[frames_t, :3])
     prof = f64(clip.profile)[frames_t]
 
+    if clip.width != clip.height:
+        raise ValueError("square renders only: backend.losses._sample takes one side")
+
     def image(frame):
+        """A frame and its x and y gradients, each (1, H, W, 3)."""
         img = np.asarray(frame, np.float64)
-        grads = [cv2.Sobel(img, cv2.CV_64F, *d, ksize=3) / 8.0 for d in ((1, 0), (0, 1))]
-        return [torch.as_tensor(np.ascontiguousarray(a.transpose(2, 0, 1))) for a in (img, *grads)]
+        return [torch.as_tensor(m)[None] for m in (img, *(cv2.Sobel(img, cv2.CV_64F, *d, ksize=3) / 8.0
+                                                           for d in ((1, 0), (0, 1))))]
+
+    def at(maps, px):
+        """Bilinear samples of maps (1, H, W, 3) at pixels px (N, 2) -> (N, 3)."""
+        return _sample(maps, px[None], clip.width)[0][0]
 
     with torch.no_grad():
         x_on = layer(shape[None], expr[onset][None], pose[onset][None], trans[onset][None])[0][0]
-        template = _bilinear(image(frames[onset])[0], project(points(x_on), intr))  # (N, 3)
+        template = at(image(frames[onset])[0], project(points(x_on), intr))        # (N, 3)
         n_pts, n_psi = len(template), psi0.numel()
         gain_bias = torch.zeros(n_pts, 3, 6, dtype=torch.float64)
         for c in range(3):
@@ -140,18 +139,18 @@ def read_pixels(clip, frames: np.ndarray, model, layer) -> dict[float, object]:
             dpi[:, 0, 0], dpi[:, 0, 2] = intr[0] / d, intr[0] * x[:, 0] / d ** 2
             dpi[:, 1, 1], dpi[:, 1, 2] = -intr[0] / d, -intr[0] * x[:, 1] / d ** 2
             moves = points(torch.einsum("ij,vjp->vip", rot[i], jac_head))       # (N, 3, P) camera m per ψ
-            per_frame.append((x, dpi @ moves * prof[i], image(frames[t])))
+            per_frame.append((project(x, intr), dpi @ moves * prof[i], image(frames[t])))
 
         out = {}
         for lam in LAMBDAS:
             psi = torch.zeros(n_psi, dtype=torch.float64)
             for _ in range(ITERATIONS):
                 hess, grad = lam * prior, lam * prior @ psi
-                for x, jac_px, (img, gx, gy) in per_frame:
-                    px = project(x, intr) + jac_px @ psi
-                    res = (_bilinear(img, px) - template).reshape(-1)
-                    jp = (_bilinear(gx, px)[:, :, None] * jac_px[:, None, 0] +
-                          _bilinear(gy, px)[:, :, None] * jac_px[:, None, 1]).reshape(-1, n_psi)
+                for px0, jac_px, (img, gx, gy) in per_frame:
+                    px = px0 + jac_px @ psi
+                    res = (at(img, px) - template).reshape(-1)
+                    jp = (at(gx, px)[:, :, None] * jac_px[:, None, 0] +
+                          at(gy, px)[:, :, None] * jac_px[:, None, 1]).reshape(-1, n_psi)
                     scale = HUBER * 1.4826 * res.abs().median()
                     w = (scale / res.abs().clamp_min(1e-9)).clamp(max=1.0)[:, None] / len(res)
                     # per-frame gain and bias eliminated by their Schur complement
