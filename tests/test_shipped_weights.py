@@ -15,9 +15,9 @@ from backend.model import load_weights
 
 HELD_OUT_SEED = 900_014   # held-out range 900000-900039 (README); training used seeds 0-299
 # On this clip (`benchmarks/bench_learned.py --per-clip`): active-region motion error 0.122 mm (fit)
-# vs 0.033 mm (network), invented still-region motion 0.079 vs 0.011 mm, jitter 0.051 vs 0.015 mm.
+# vs 0.033 mm (network), invented still-region motion 0.079 vs 0.012 mm, jitter 0.051 vs 0.016 mm.
 # Over the 40 held-out clips the network wins on active error in 75% of clips (median margin
-# 0.039 mm), on invented motion in 90% (0.022 mm) and on jitter in 95% (0.027 mm); this clip is
+# 0.036 mm), on invented motion in 90% (0.023 mm) and on jitter in 95% (0.026 mm); this clip is
 # one where it wins on all three. Margins below the measured ones:
 MARGIN_ACTIVE_MM = 0.04
 MARGIN_STILL_MM = 0.03
