@@ -36,8 +36,10 @@ def main() -> int:
     from backend.pipeline import reconstruct
 
     cfg = ReconstructConfig(device=args.device)
-    cfg.flow.method = args.flow or cfg.flow.method
-    cfg.flow.supersample = args.supersample or cfg.flow.supersample
+    if args.flow:
+        cfg.flow.method = args.flow
+    if args.supersample is not None:   # 0 must reach aligned_flow's error, not mean "default"
+        cfg.flow.supersample = args.supersample
     cfg.video.start, cfg.video.end = args.start, args.end
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
