@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .regions import active_regions, region_motion
+
 
 def rigid_align(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """Rotate and translate ``src`` (N, 3) onto ``dst`` (N, 3) in the least-squares sense (Kabsch)."""
@@ -22,57 +24,14 @@ def rigid_align(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return (src - ms) @ r + md
 
 
-def head_space(layer, shape: np.ndarray, expr: np.ndarray, pose: np.ndarray) -> np.ndarray:
-    """FLAME vertices without the head's rigid motion (global and neck rotation, translation).
-
-    shape (n_shape,), expr (T, n_expr), pose (T, 3J). Returns (T, V, 3) metres.
-    """
-    import torch
-
-    from .flame import HEAD_MOTION
-
-    pose = np.array(pose, np.float32, copy=True)
-    pose[:, HEAD_MOTION] = 0.0
-    dev = layer.v_template.device
-    with torch.no_grad():
-        v, _ = layer(torch.as_tensor(shape, dtype=torch.float32, device=dev),
-                     torch.as_tensor(expr, dtype=torch.float32, device=dev),
-                     torch.as_tensor(pose, device=dev))
-    return v.cpu().numpy()
-
-
 def region_peak_motion(head: np.ndarray, labels: np.ndarray, n_regions: int, onset: int, offset: int) -> np.ndarray:
     """Per region, the largest mean |V_t - V_onset| over onset..offset. head (T, V, 3) m -> (R,) mm."""
-    d = np.linalg.norm(head[onset:offset + 1] - head[onset], axis=-1) * 1000.0       # (t, V)
-    return np.array([d[:, labels == r].mean(1).max() for r in range(n_regions)])
-
-
-# (fraction, floor_mm): the synthetic generator's own rule for its ground truth (backend/synth.py)
-TRUTH_RULE = (0.3, 0.03)
-DETECTION_FRACTIONS = tuple(np.round(np.arange(0.2, 0.91, 0.05), 2))
-DETECTION_FLOORS_MM = (0.0, 0.02, 0.03, 0.05, 0.08, 0.1, 0.15, 0.2, 0.3)
-
-
-def active_regions(peak_mm: np.ndarray, fraction: float = TRUTH_RULE[0], floor_mm: float = TRUTH_RULE[1]) -> np.ndarray:
-    """(..., R) bool: regions moving at least ``fraction`` of the most-moving one and above ``floor_mm``."""
-    peak_mm = np.asarray(peak_mm)
-    return (peak_mm >= fraction * peak_mm.max(-1, keepdims=True)) & (peak_mm >= floor_mm)
+    return region_motion(head[onset:offset + 1], labels, n_regions).max(0)
 
 
 def region_truth(active: list[str], region_names: tuple[str, ...]) -> np.ndarray:
     """(R,) bool: the regions named in ``active``."""
     return np.isin(np.arange(len(region_names)), [region_names.index(r) for r in active])
-
-
-def calibrate_detection(peak_mm: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
-    """The (fraction, floor_mm) of :func:`active_regions` that calls ``truth`` (N, R) bool best
-    from a method's ``peak_mm`` (N, R), over DETECTION_FRACTIONS x DETECTION_FLOORS_MM; ties go to
-    the lower floor, then the lower fraction. A method's motion has its own noise floor, so the
-    truth's rule is not its best detector; calibrate on training clips, never on the held-out ones.
-    """
-    best = max(((float((active_regions(peak_mm, f, m) == truth).mean()), -m, -f)
-                for m in DETECTION_FLOORS_MM for f in DETECTION_FRACTIONS))
-    return -best[2], -best[1]
 
 
 @dataclass
@@ -134,6 +93,7 @@ def method_meshes(sample: dict, layer, nets: dict) -> dict[str, tuple[np.ndarray
     import torch
 
     from .config import ReconstructConfig
+    from .flame import head_space
     from .refine import refine_sample
 
     drift_sigma = ReconstructConfig().drift_sigma_s * float(sample["meta"]["fps"])

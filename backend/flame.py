@@ -346,3 +346,18 @@ class FlameLayer(torch.nn.Module):
     def landmarks_mp(self, verts: torch.Tensor) -> torch.Tensor:
         """(B, V, 3) -> (B, K, 3) surface points matching MediaPipe points ``model.mp_indices``."""
         return self._embed(verts, self.mp_faces, self.mp_bary)
+
+
+def head_space(layer: FlameLayer, shape: np.ndarray, expr: np.ndarray, pose: np.ndarray) -> np.ndarray:
+    """FLAME vertices without the head's rigid motion (global and neck rotation, translation).
+
+    shape (n_shape,), expr (T, n_expr), pose (T, 3J). Returns (T, V, 3) metres.
+    """
+    pose = np.array(pose, np.float32, copy=True)
+    pose[:, HEAD_MOTION] = 0.0
+    dev = layer.v_template.device
+    with torch.no_grad():
+        v, _ = layer(torch.as_tensor(shape, dtype=torch.float32, device=dev),
+                     torch.as_tensor(expr, dtype=torch.float32, device=dev),
+                     torch.as_tensor(pose, device=dev))
+    return v.cpu().numpy()

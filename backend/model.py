@@ -47,6 +47,8 @@ class MicroFaceNet(nn.Module):
         self.cfg = cfg = cfg or ModelConfig()
         self.flame_model = model
         self.trained_flow: dict | None = None   # the flow recipe it learned to read (load_weights sets it)
+        # Its region rule {"fraction", "floor_mm", ...} calibrated on clips with truth (backend/calibrate.py)
+        self.detection: dict | None = None
         self.flame = FlameLayer(model)
         for b in self.flame.buffers():
             b.requires_grad_(False)
@@ -138,14 +140,14 @@ class MicroFaceNet(nn.Module):
         return out
 
 
-def save_weights(net: MicroFaceNet, path: str | os.PathLike, provenance: dict, flow: dict | None = None) -> Path:
-    """Write the trainable weights (float32 state dict) atomically, and ``<path>.json`` beside them.
-    ``flow`` is the flow recipe the network learned to read ({"method", "supersample"}), if one."""
+def save_weights(net: MicroFaceNet, path: str | os.PathLike, provenance: dict) -> Path:
+    """Write the trainable weights (float32 state dict) atomically, and ``<path>.json`` beside them,
+    with ``net.trained_flow`` (the flow recipe it learned to read) and ``net.detection``."""
     path = Path(path)
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items() if not k.startswith("flame.")}
     payload = {"format": WEIGHTS_FORMAT, "version": WEIGHTS_VERSION, "config": json.dumps(asdict(net.cfg)),
                "n_expr": net.flame_model.n_expr, "n_vertices": int(net.flame_model.v_template.shape[0]),
-               "flow": json.dumps(flow), "state": state}
+               "flow": json.dumps(net.trained_flow), "detection": json.dumps(net.detection), "state": state}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     prov = dict(provenance, sha256=file_sha256(path), config=asdict(net.cfg))
@@ -186,5 +188,7 @@ def load_weights(path: str | os.PathLike, model: FlameModel, device: str = "cpu"
     if missing or unexpected:
         raise MicroFaceError(f"weights file {path} does not match this network "
                              f"(missing {len(missing)}, unexpected {len(unexpected)} tensors)")
-    net.trained_flow = json.loads(payload.get("flow", "null"))   # None in weights from before it was recorded
+    # None in weights from before these were recorded
+    net.trained_flow = json.loads(payload.get("flow", "null"))
+    net.detection = json.loads(payload.get("detection", "null"))
     return net.to(device).eval()

@@ -188,6 +188,20 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
     region_flow, attention = region_attention(flow_acc, vertices, model.region_labels, len(model.region_names),
                                               inputs["intrinsics"], inputs["align"])
 
+    # How far each region moved from the first frame, the rigid head motion taken out, and which
+    # regions count as active by the rule calibrated with the weights (backend/calibrate.py).
+    from .flame import FlameLayer, head_space
+    from .regions import active_regions, region_motion
+
+    head = refined["vertices_head"] if cfg.refine else head_space(FlameLayer(model), fit.shape, fit.expr, fit.pose)
+    motion = region_motion(head, model.region_labels, len(model.region_names))
+    detection = None
+    if cfg.refine and net.detection:
+        rule = (float(net.detection["fraction"]), float(net.detection["floor_mm"]))
+        active = active_regions(motion.max(0), *rule)
+        detection = {"fraction": rule[0], "floor_mm": rule[1],
+                     "active": [n for n, a in zip(model.region_names, active) if a]}
+
     if lms.interpolated.any():
         warnings.append(f"no usable face in source frames {_runs(lms.interpolated, clip.frame_indices)}: "
                         "landmarks there are interpolated and the fit is carried by its temporal prior")
@@ -209,6 +223,7 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
         "refined": bool(cfg.refine),
         "weights": weights_info,
         **({"drift_sigma_s": float(cfg.drift_sigma_s)} if cfg.refine else {}),
+        **({"region_detection": detection} if detection else {}),
         "units": dict(UNITS),
     }
     result = Result(
@@ -217,6 +232,7 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
         trans=fit.trans.astype(np.float32), intrinsics=inputs["intrinsics"],
         image_size=inputs["image_size"], frame_indices=clip.frame_indices.astype(np.int64),
         region_flow=region_flow.astype(np.float32), attention=attention.astype(np.float32),
+        region_motion=motion.astype(np.float32),
         landmarks_mp=inputs["lmk_mp"], landmarks_68=inputs["lmk_68"],
         valid=inputs["valid"], interpolated=lms.interpolated.astype(bool),
         align_transforms=inputs["align"], fit_error_px=(fit.reproj_px / clip.scale).astype(np.float32),

@@ -1,7 +1,9 @@
-"""The 8 facial regions of the design brief, derived from FLAME's vertex masks.
+"""The 8 facial regions of the design brief: which vertices belong to each, and which regions move.
 
 FLAME_masks.pkl has eye regions, nose, lips, forehead and the whole face, but no cheeks or chin.
 Those are carved out of the face mask by position on the template (y up, +x = subject's left).
+A region is called active when its motion is a large enough share of the most-moving region's
+and above a floor; a method's best rule depends on its noise, so it is calibrated on clips with truth.
 """
 from __future__ import annotations
 
@@ -48,3 +50,41 @@ def region_labels(masks: dict[str, np.ndarray], v_template: np.ndarray) -> np.nd
     claim("left_cheek", face & (x >= 0))
     claim("right_cheek", face & (x < 0))
     return labels
+
+
+# (fraction, floor_mm): the synthetic generator's own rule for its ground truth (backend/synth.py)
+TRUTH_RULE = (0.3, 0.03)
+DETECTION_FRACTIONS = tuple(np.round(np.arange(0.2, 0.91, 0.05), 2))
+DETECTION_FLOORS_MM = (0.0, 0.02, 0.03, 0.05, 0.08, 0.1, 0.15, 0.2, 0.3)
+
+
+def region_motion(head: np.ndarray, labels: np.ndarray, n_regions: int = len(REGION_NAMES)) -> np.ndarray:
+    """Per frame and region, the mean |V_t - V_0| over the region's vertices.
+
+    head (T, V, 3) metres without the rigid head motion, frame 0 the onset; labels (V,) region
+    index or -1. Returns (T, R) mm; a region without vertices is 0.
+    """
+    d = np.linalg.norm(np.asarray(head, np.float64) - head[0], axis=-1) * 1000.0      # (T, V)
+    out = np.zeros((len(d), n_regions))
+    for r in range(n_regions):
+        sel = labels == r
+        if sel.any():
+            out[:, r] = d[:, sel].mean(1)
+    return out
+
+
+def active_regions(peak_mm: np.ndarray, fraction: float = TRUTH_RULE[0], floor_mm: float = TRUTH_RULE[1]) -> np.ndarray:
+    """(..., R) bool: regions moving at least ``fraction`` of the most-moving one and above ``floor_mm``."""
+    peak_mm = np.asarray(peak_mm)
+    return (peak_mm >= fraction * peak_mm.max(-1, keepdims=True)) & (peak_mm >= floor_mm)
+
+
+def calibrate_detection(peak_mm: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """The (fraction, floor_mm) of :func:`active_regions` that calls ``truth`` (N, R) bool best
+    from a method's ``peak_mm`` (N, R), over DETECTION_FRACTIONS x DETECTION_FLOORS_MM; ties go to
+    the lower floor, then the lower fraction. A method's motion has its own noise floor, so the
+    truth's rule is not its best detector; calibrate on training clips, never on the held-out ones.
+    """
+    best = max(((float((active_regions(peak_mm, f, m) == truth).mean()), -m, -f)
+                for m in DETECTION_FLOORS_MM for f in DETECTION_FRACTIONS))
+    return -best[2], -best[1]

@@ -54,6 +54,7 @@ _ARRAYS: dict[str, tuple[str, tuple, bool]] = {
 }
 _OPTIONAL_ARRAYS: dict[str, tuple[str, tuple, bool]] = {
     "fit_error_px": ("float32", ("T",), False),
+    "region_motion": ("float32", ("T", len(REGION_NAMES)), True),
     # The rig: what a reader without the head model needs to rebuild the skinned, blendshaped head.
     "rig_rest_vertices": ("float32", ("V", 3), True),
     "rig_expr_dirs": ("float32", ("E", "V", 3), True),
@@ -110,6 +111,7 @@ class Result:
     align_transforms: np.ndarray  # (T, 2, 3) float32 source px -> 224 crop px
     meta: dict = field(default_factory=dict)
     fit_error_px: np.ndarray | None = None  # (T,) float32 landmark reprojection RMS, pixels (optional)
+    region_motion: np.ndarray | None = None  # (T, 8) float32 mm, mean region motion from frame 0, head space (optional)
     # The rig (optional, all five or none), head-model frame, metres, zero pose:
     rig_rest_vertices: np.ndarray | None = None  # (V, 3) float32 template + identity, zero expression
     rig_expr_dirs: np.ndarray | None = None      # (n_expr, V, 3) float32 per unit expression coefficient
@@ -195,6 +197,11 @@ def check_meta(meta: Any, where: str = "result") -> None:
         raise bad("warnings", "must be a list of strings")
     if meta["units"] != UNITS:
         raise bad("units", f"must be {UNITS}")
+    det = meta.get("region_detection")
+    if det is not None and not (
+            isinstance(det, dict) and _is_number(det.get("fraction")) and _is_number(det.get("floor_mm"))
+            and isinstance(det.get("active"), list) and all(r in REGION_NAMES for r in det["active"])):
+        raise bad("region_detection", "must be an object with fraction, floor_mm and active (a list of region names)")
 
 
 def validate(arrays: Mapping[str, Any], meta: Any, where: str = "result") -> dict[str, np.ndarray]:

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from . import __version__
-from .flame import FlameLayer, FlameModel
+from .flame import FlameLayer, FlameModel, head_space
+from .regions import TRUTH_RULE, active_regions, region_motion
 from .result import UNITS, Result
 
 
@@ -73,6 +74,9 @@ def synthetic_result(model: FlameModel, n_frames: int = 60, seed: int = 0, *, fp
     if noise_mm:
         verts += rng.normal(0, noise_mm * 1e-3, verts.shape)
 
+    # region motion of the head without its rigid motion (the detail fields left out), called by the truth's rule
+    motion = region_motion(head_space(layer, shape, expr, pose), model.region_labels, len(model.region_names))
+    active = active_regions(motion.max(0), *TRUTH_RULE)
     frames = first_frame + frame_step * np.arange(t, dtype=np.int64)
     nan = np.full((t, 478, 2), np.nan, np.float32)
     meta = {
@@ -87,6 +91,8 @@ def synthetic_result(model: FlameModel, n_frames: int = 60, seed: int = 0, *, fp
         "warnings": [],
         "units": dict(UNITS),
         "refined": detail_rank > 0 or noise_mm > 0,
+        "region_detection": {"fraction": TRUTH_RULE[0], "floor_mm": TRUTH_RULE[1],
+                             "active": [n for n, a in zip(model.region_names, active) if a]},
         "synthetic": {"seed": seed, "detail_rank": detail_rank, "detail_mm": detail_mm, "noise_mm": noise_mm},
     }
     return Result(
@@ -95,7 +101,8 @@ def synthetic_result(model: FlameModel, n_frames: int = 60, seed: int = 0, *, fp
         pose=pose.astype(np.float32), trans=trans.astype(np.float32),
         intrinsics=np.array([1000.0, 639.5, 359.5], np.float32), image_size=np.array([1280, 720], np.int32),
         frame_indices=frames, region_flow=np.zeros((t, 8), np.float32),
-        attention=np.full((t, 8), 0.5, np.float32), landmarks_mp=nan, landmarks_68=nan[:, :68].copy(),
+        attention=np.full((t, 8), 0.5, np.float32), region_motion=motion.astype(np.float32),
+        landmarks_mp=nan, landmarks_68=nan[:, :68].copy(),
         valid=np.ones(t, bool), interpolated=np.zeros(t, bool),
         align_transforms=np.tile(np.eye(2, 3, dtype=np.float32), (t, 1, 1)), meta=meta, **rig,
     )

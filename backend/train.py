@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .atomic import atomic_path
+from .calibrate import detection_rule
 from .config import pick_device
 from .dem import window_times
 from .flame import FlameModel, load_flame
@@ -266,7 +267,12 @@ def train(cfg: TrainConfig, log=print) -> Path:
         "head_model": flame_model.model_id,
         "final_losses": {k: float(np.mean([h[k] for h in tail if k in h])) for k in tail[-1]},
     }
-    save_weights(net.cpu(), out_path, provenance, flow=flows[0] if len(flows) == 1 else None)
+    net = net.cpu().eval()
+    net.trained_flow = flows[0] if len(flows) == 1 else None
+    t0 = time.perf_counter()   # the region rule, on the clips it trained on (backend/calibrate.py)
+    net.detection = provenance["detection"] = detection_rule(net, synth.samples)
+    log(json.dumps({"event": "calibrated", **net.detection, "seconds": round(time.perf_counter() - t0, 1)}))
+    save_weights(net, out_path, provenance)
     log(json.dumps({"event": "done", "weights": str(out_path)}))
     return out_path
 

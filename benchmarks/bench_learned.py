@@ -9,7 +9,7 @@ backend/evaluate.py's, averaged over clips: micro-motion error in the active reg
 motion in the still ones (mm), the share of true motion recovered, region detection accuracy,
 and jitter before the onset. Regions are called active by the truth's own rule and, with
 ``--calibrate DIR``, also by each method's rule calibrated on the training clips in DIR
-(backend.evaluate.calibrate_detection), which knows each method's noise floor.
+(backend.calibrate), which knows each method's noise floor.
 """
 from __future__ import annotations
 
@@ -29,20 +29,12 @@ GOALS = "goals: recovered >= 0.60, invented <= 0.10 mm, region accuracy >= 0.90,
 
 def calibrate(nets: dict, paths: list[Path], flame_model, layer) -> dict[str, tuple[float, float]]:
     """Per method, the (fraction, floor_mm) region rule that detects best on the clips ``paths``."""
+    from backend.calibrate import region_peaks
     from backend.dataset import load_sample
-    from backend.evaluate import calibrate_detection, method_meshes, region_peak_motion, region_truth
+    from backend.regions import calibrate_detection
 
-    peaks: dict[str, list[np.ndarray]] = {}
-    truth = []
-    names = flame_model.region_names
-    for p in paths:
-        s = load_sample(p)
-        meta = s["meta"]
-        truth.append(region_truth(meta["active_regions"], names))
-        for name, (_, head) in method_meshes(s, layer, nets).items():
-            peaks.setdefault(name, []).append(region_peak_motion(head, flame_model.region_labels, len(names),
-                                                                 int(meta["onset"]), int(meta["offset"])))
-    return {name: calibrate_detection(np.array(p), np.array(truth)) for name, p in peaks.items()}
+    peaks, truth = region_peaks([load_sample(p) for p in paths], layer, nets)
+    return {name: calibrate_detection(p, truth) for name, p in peaks.items()}
 
 
 def clip_metrics(nets: dict, samples: list[dict], flame_model, layer,

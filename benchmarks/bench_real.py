@@ -69,8 +69,7 @@ def metrics(fe, inputs: dict, verts: np.ndarray, head: np.ndarray, model, good: 
 
 def run_clip(video: str, net, model, end: int | None) -> tuple[dict, dict]:
     from backend.config import ReconstructConfig
-    from backend.evaluate import head_space
-    from backend.flame import FlameLayer
+    from backend.flame import FlameLayer, head_space
     from backend.landmarks import detect_landmarks
     from backend.pipeline import network_inputs, run_frontend
     from backend.refine import refine_sample

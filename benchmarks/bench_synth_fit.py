@@ -25,7 +25,8 @@ def run_clip(seed: int, regions: tuple[str, ...], flow: str = "dis", model=None,
              fit_overrides: dict | None = None, **synth_overrides):
     """Render one clip, reconstruct it through the pipeline, return (Metrics, SynthClip, Result)."""
     from backend.config import ReconstructConfig
-    from backend.evaluate import head_space, micro_metrics
+    from backend.evaluate import micro_metrics
+    from backend.flame import head_space
     from backend.pipeline import reconstruct
     from backend.synth import MicroExpressionSpec, SynthConfig, generate, write_video
 

@@ -318,6 +318,7 @@ class ClipReport:
     seconds: float = 0.0
     stages: dict = field(default_factory=dict)   # stage -> seconds
     outputs: dict = field(default_factory=dict)  # kind -> final path
+    active_regions: str = ""        # the regions the backend called active, "" when it had no rule
 
 
 def convert_clip(opts: Options, clip: Path) -> ClipReport:
@@ -344,6 +345,7 @@ def convert_clip(opts: Options, clip: Path) -> ClipReport:
             imp = build_scene(npz, clip.stem)
             stages["import"] = time.perf_counter() - t
             frames = len(imp.scene_frames)
+            active = imp.rig.get(PROP_PREFIX + "active_regions", "")
             t = time.perf_counter()
             blend = work / f"{clip.stem}.blend"
             # copy=True: the session keeps no file path (the next clip starts from a fresh scene);
@@ -360,7 +362,8 @@ def convert_clip(opts: Options, clip: Path) -> ClipReport:
         for kind in sorted(final, key=lambda k: k == "blend"):
             if kind in written:
                 os.replace(written[kind], final[kind])
-        return ClipReport(clip, "ok", frames=frames, seconds=time.perf_counter() - t0, stages=stages, outputs=final)
+        return ClipReport(clip, "ok", frames=frames, seconds=time.perf_counter() - t0, stages=stages, outputs=final,
+                          active_regions=active)
     except (ClipFailed, ImportFailed) as exc:
         return ClipReport(clip, "FAILED", message=str(exc))
     except (RuntimeError, OSError) as exc:  # an exporter or the disk: bpy raises its reports as RuntimeError
@@ -388,7 +391,8 @@ def summary_line(rep: ClipReport) -> str:
         return f"skip   {rep.clip.name} (done; --force to redo)"
     extra = [EXPORTS[k][1] for k in EXPORTS if k in rep.outputs] + (["npz"] if "npz" in rep.outputs else [])
     return (f"ok     {rep.clip.name}  {rep.frames} frames  {rep.seconds:.1f} s  -> {_shown(rep.outputs['blend'])}"
-            + (f" [{' '.join(extra)}]" if extra else ""))
+            + (f" [{' '.join(extra)}]" if extra else "")
+            + (f"  active: {rep.active_regions}" if rep.active_regions else ""))
 
 
 def run(opts: Options, clips: list[Path], out=None) -> list[ClipReport]:

@@ -5,6 +5,8 @@ Everything lands in a new collection named after the clip:
   keyed per frame from ``pose`` (quaternions) and ``trans`` (root location). It is the root of the
   import and stands the head upright in Blender's z-up world (+90 degrees about X); in its local
   space, coordinates are the result's camera space (metres, camera at the origin looking down -z).
+  When the result has ``region_motion``, the rig also keys one custom property per face region,
+  ``microface_motion_<region>`` (mm), for the Graph Editor.
 - ``<name>_head``: the mesh, identity baked into the Basis, one shape key per expression keyed
   with ``expr[t]``, and "micro-detail" shape keys for what the rig does not reproduce, skinned
   to the armature by the model's weights. At frame t its evaluated vertices are ``vertices[t]``.
@@ -33,6 +35,9 @@ PROP_PREFIX = "microface_"
 # amplifies it ("" for rigid head motion). The keyframe tools read both.
 KEY_REGIONS = PROP_PREFIX + "key_regions"
 BONE_REGIONS = PROP_PREFIX + "bone_regions"
+# On the rig, keyed per frame (when the result has region_motion): each region's mean motion from the
+# first frame in mm, the rigid head motion taken out, so the Graph Editor shows where and when the face moved.
+MOTION_PREFIX = PROP_PREFIX + "motion_"
 
 
 class ImportFailed(Exception):
@@ -76,6 +81,9 @@ def _props(res, path: Path, rig: rigdata.RigData, frames: np.ndarray) -> dict:
         "detail_max_error_mm": float(d.max_error * 1e3),
         "detail_mean_error_mm": float(d.mean_error * 1e3),
         "rig_residual_max_mm": float(d.residual_max * 1e3),
+        # the regions the backend's calibrated rule calls active; absent without a rule
+        **({"active_regions": ", ".join(meta["region_detection"]["active"]) or "none"}
+           if "region_detection" in meta else {}),
     }
 
 
@@ -183,7 +191,7 @@ def _region_props(res, rig: rigdata.RigData, rig_obj, mesh_obj, key_list) -> Non
     mesh_obj[KEY_REGIONS] = {kb.name: share.tolist() for (kb, _values), share in zip(key_list, shares)}
 
 
-def _animate(name: str, rig: rigdata.RigData, rig_obj, bone_names: list[str], mesh_obj, key_list,
+def _animate(name: str, res, rig: rigdata.RigData, rig_obj, bone_names: list[str], mesh_obj, key_list,
              frames: np.ndarray, interpolation: str, created: list) -> None:
     act = ActionWriter(f"{name}_rig", 'OBJECT', f"{name}_rig")
     created.append(act.action)
@@ -195,6 +203,15 @@ def _animate(name: str, rig: rigdata.RigData, rig_obj, bone_names: list[str], me
         if rig.parents[j] < 0:
             for i in range(3):
                 act.curve(f"{path}.location", i, frames, rig.root_location[:, i], interpolation, bone)
+    motion = getattr(res, "region_motion", None)
+    if motion is not None:
+        for r, region in enumerate(res.meta["region_names"]):
+            prop = MOTION_PREFIX + region
+            rig_obj[prop] = 0.0
+            rig_obj.id_properties_ui(prop).update(
+                min=0.0, soft_max=max(1.0, float(motion.max())), precision=3,
+                description=f"Mean motion of the {region.replace('_', ' ')} from the first frame, mm")
+            act.curve(f'["{esc(prop)}"]', 0, frames, motion[:, r], interpolation, "region motion (mm)")
     act.assign(rig_obj)
 
     key = mesh_obj.data.shape_keys
@@ -262,7 +279,8 @@ def import_result(context, path, *, frame_map: FrameMap = None, name: str | None
         expr_keys, detail_keys = _add_shape_keys(mesh_obj, rig)
         timings["build"] = time.perf_counter() - t
         t = time.perf_counter()
-        _animate(name, rig, rig_obj, bone_names, mesh_obj, expr_keys + detail_keys, frames, interpolation, created)
+        _animate(name, res, rig, rig_obj, bone_names, mesh_obj, expr_keys + detail_keys, frames, interpolation,
+                 created)
         timings["animate"] = time.perf_counter() - t
         _region_props(res, rig, rig_obj, mesh_obj, expr_keys + detail_keys)
         props = _props(res, path, rig, frames)

@@ -10,6 +10,7 @@ _INFO = (
     ("source_name", "Clip", "{}"),
     ("fps", "Source fps", "{:g}"),
     ("frames", "Frames", "{}"),
+    ("active_regions", "Active regions", "{}"),
     ("model_id", "Head model", "{}"),
     ("detail_keys", "Detail keys", "{}"),
     ("detail_max_error_mm", "Detail max error", "{:.3f} mm"),

@@ -64,7 +64,10 @@ def test_batch_reports_each_clip_and_fails_honestly(run):
         "FAILED bad.mp4: bad.mp4 is not a video OpenCV can decode"]
     ok = [ln for ln in lines if ln.startswith("ok ")]
     assert len(ok) == 1 and ok[0].startswith(f"ok     single_face.mp4  {END + 1} frames  ")
-    assert ok[0].endswith("-> out/single_face.blend [fbx glb abc npz]")
+    line, active = ok[0].split("  active: ")   # the regions the backend's calibrated rule called active
+    assert line.endswith("-> out/single_face.blend [fbx glb abc npz]")
+    assert set(active.split(", ")) <= {"left_eye", "right_eye", "nose", "mouth", "left_cheek", "right_cheek",
+                                       "forehead", "chin", "none"}
     assert lines[-1].startswith("2 clips: 1 converted, 0 skipped, 1 failed")
     # The four outputs of the good clip, nothing of the bad one, no temporary files left.
     assert sorted(p.name for p in run.out.iterdir()) == sorted(f"single_face.{s}" for s in ("blend", "npz") + EXPORTS)

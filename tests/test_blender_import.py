@@ -97,12 +97,14 @@ def test_scene_layout(scene, synth, result_path):
         assert id_data["microface_result_path"] == str(result_path)
         assert id_data["microface_detail_keys"] == out.n_detail_keys
         assert id_data["microface_detail_max_error_mm"] == pytest.approx(out.detail_max_error * 1e3)
+        assert id_data["microface_active_regions"] == ", ".join(synth.meta["region_detection"]["active"])
+    assert synth.meta["region_detection"]["active"]
 
 
 def test_keys_live_in_layered_actions_one_per_frame(scene, synth, result_path):
     out = importer.import_result(bpy.context, result_path, name="take")
     assert out.collection.name == "take"
-    for id_data, id_type, n_curves in ((out.rig, 'OBJECT', 5 * 4 + 3),
+    for id_data, id_type, n_curves in ((out.rig, 'OBJECT', 5 * 4 + 3 + 8),
                                        (out.mesh.data.shape_keys, 'KEY', 53 + out.n_detail_keys)):
         anim = id_data.animation_data
         action, slot = anim.action, anim.action_slot
@@ -121,6 +123,10 @@ def test_keys_live_in_layered_actions_one_per_frame(scene, synth, result_path):
     got = np.array([keys[n].value for n in synth.meta["expression_names"]])
     np.testing.assert_allclose(got, synth.expr[t], atol=1e-6)
     np.testing.assert_allclose(out.rig.pose.bones["global"].location, synth.trans[t], atol=1e-6)
+    # and one custom property per region carries its motion in mm
+    got = [out.rig[importer.MOTION_PREFIX + r] for r in synth.meta["region_names"]]
+    np.testing.assert_allclose(got, synth.region_motion[t], atol=1e-6)
+    assert synth.region_motion[t].max() > 0.1
 
 
 def test_custom_frame_map_places_keys_on_subframes(scene, result_path):

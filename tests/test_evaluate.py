@@ -1,9 +1,10 @@
-"""backend/evaluate.py's region detection rules, on hand-made peaks with known answers."""
+"""Region motion and detection rules (backend/regions.py, backend/evaluate.py) on hand-made examples with known answers."""
 from __future__ import annotations
 
 import numpy as np
 
-from backend.evaluate import active_regions, calibrate_detection, region_truth
+from backend.evaluate import region_truth
+from backend.regions import active_regions, calibrate_detection, region_motion
 
 T, F = True, False
 
@@ -30,3 +31,12 @@ def test_calibration_picks_the_lowest_perfect_rule():
 
 def test_region_truth_names_the_regions():
     assert region_truth(["b", "d"], ("a", "b", "c", "d")).tolist() == [F, T, F, T]
+
+
+def test_region_motion_is_the_mean_displacement_from_frame_0():
+    labels = np.array([0, 0, 1, -1])
+    head = np.zeros((3, 4, 3))
+    head[1, 0, 0] = 0.002       # frame 1: one of region 0's two vertices moves 2 mm
+    head[2, :, 1] = 0.001       # frame 2: everything moves 1 mm
+    head += [0.1, 0.2, -0.5]    # where the head is does not matter
+    np.testing.assert_allclose(region_motion(head, labels, 3), [[0, 0, 0], [1, 0, 0], [1, 1, 0]], atol=1e-9)

@@ -188,9 +188,11 @@ def test_weights_round_trip_and_failures(flame_model, tmp_path):
     assert (tmp_path / "w.pt.json").exists()
     back = load_weights(path, flame_model)
     torch.testing.assert_close(back.dgmd.out[-1].weight, net.dgmd.out[-1].weight)
-    assert back.trained_flow is None
-    recipe = {"method": "dis", "supersample": 2}
-    assert load_weights(save_weights(net, tmp_path / "f.pt", {}, flow=recipe), flame_model).trained_flow == recipe
+    assert back.trained_flow is None and back.detection is None
+    net.trained_flow = {"method": "dis", "supersample": 2}
+    net.detection = {"fraction": 0.35, "floor_mm": 0.08, "accuracy": 0.8, "clips": 3}
+    back = load_weights(save_weights(net, tmp_path / "f.pt", {}), flame_model)
+    assert (back.trained_flow, back.detection) == (net.trained_flow, net.detection)
     with pytest.raises(MicroFaceError, match="not found"):
         load_weights(tmp_path / "missing.pt", flame_model)
     (tmp_path / "bad.pt").write_bytes(path.read_bytes()[:1000])

@@ -22,7 +22,7 @@ DTYPES = {
     "expr": np.float32, "pose": np.float32, "trans": np.float32, "intrinsics": np.float32,
     "image_size": np.int32, "frame_indices": np.int64, "region_flow": np.float32, "attention": np.float32,
     "landmarks_mp": np.float32, "landmarks_68": np.float32, "valid": np.bool_, "interpolated": np.bool_,
-    "align_transforms": np.float32, "fit_error_px": np.float32,
+    "align_transforms": np.float32, "fit_error_px": np.float32, "region_motion": np.float32,
     "rig_rest_vertices": np.float32, "rig_expr_dirs": np.float32, "rig_joints": np.float32,
     "rig_parents": np.int32, "rig_skin_weights": np.float32, "rig_region_labels": np.int8,
 }
@@ -131,6 +131,26 @@ def test_optional_fit_error_round_trips(tmp_path):
     res = make_result(fit_error_px=np.array([0.3, np.nan, 0.5, 0.4, 0.2, 0.1]))
     back = read_result(write_result(tmp_path / "r.npz", res))
     np.testing.assert_array_equal(back.fit_error_px, res.fit_error_px.astype(np.float32))
+
+
+def test_region_motion_and_detection_are_optional_and_checked(tmp_path):
+    motion = np.abs(np.random.default_rng(1).normal(size=(6, 8)))
+    det = {"fraction": 0.35, "floor_mm": 0.08, "active": ["mouth", "chin"]}
+    res = make_result(region_motion=motion)
+    res.meta["region_detection"] = det
+    back = read_result(write_result(tmp_path / "r.npz", res))
+    np.testing.assert_array_equal(back.region_motion, motion.astype(np.float32))
+    assert back.meta["region_detection"] == det
+    assert make_result().region_motion is None
+    with pytest.raises(ResultError, match="'region_motion' holds NaN"):
+        write_result(tmp_path / "bad.npz", make_result(region_motion=np.full((6, 8), np.nan)))
+    with pytest.raises(ResultError, match="'region_motion' has shape"):
+        write_result(tmp_path / "bad.npz", make_result(region_motion=motion[:, :7]))
+    for bad in ({"fraction": 0.35, "floor_mm": 0.08, "active": ["lips"]}, {"fraction": 0.35, "active": []}, []):
+        res.meta["region_detection"] = bad
+        with pytest.raises(ResultError, match="metadata region_detection must be"):
+            write_result(tmp_path / "bad.npz", res)
+    assert not (tmp_path / "bad.npz").exists()
 
 
 def test_rig_arrays_round_trip(tmp_path):

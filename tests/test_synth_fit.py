@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from backend.config import ReconstructConfig
-from backend.evaluate import head_space, micro_metrics
-from backend.flame import FlameLayer, load_flame
+from backend.evaluate import micro_metrics
+from backend.flame import FlameLayer, head_space, load_flame
 from backend.pipeline import reconstruct
+from backend.regions import region_motion
 from backend.synth import MicroExpressionSpec, SynthConfig, generate, write_video
 
 
@@ -35,6 +36,9 @@ def test_fit_recovers_synthetic_vertices(tmp_path):
     m = micro_metrics(res.vertices, clip.vertices, pred_head, clip.vertices_head, model.region_labels,
                       model.region_names, clip.active_regions, clip.onset, clip.offset)
     print(m.as_dict(), "reproj px", float(np.median(res.fit_error_px)))
+    # the fit's own region motion is written, but no detection: only the network's rule is calibrated
+    np.testing.assert_allclose(res.region_motion, region_motion(pred_head, model.region_labels), atol=1e-4)
+    assert "region_detection" not in res.meta
     assert np.median(res.fit_error_px) < 0.8
     assert m.face_error_aligned_mm < 4.5
     assert m.face_error_mm < 60.0

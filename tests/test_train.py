@@ -1,9 +1,13 @@
-"""Training is reproducible and resumable: 4 steps in one go equal 2 steps, a stop, and 2 more."""
+"""Training is reproducible and resumable: 4 steps in one go equal 2 steps, a stop, and 2 more;
+its region rule is calibrated on its clips and can be calibrated again (backend/calibrate.py)."""
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
 
+from backend.calibrate import main as calibrate_main
 from backend.config import FlowConfig
 from backend.dataset import make_synthetic_sample
 from backend.flame import load_flame
@@ -41,5 +45,12 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, monkeyp
     train(config("resumed"), log=lambda line: None)   # the same command again: resumes at step 2
     a, b = load_weights(tmp_path / "whole.pt", model), load_weights(tmp_path / "resumed.pt", model)
     assert a.trained_flow == FlowConfig().recipe()    # the flow its data was made with, for the pipeline's check
+    assert a.detection["clips"] == 1 and a.detection == b.detection   # its region rule, calibrated on its clips
+    # Calibrating the saved weights again on the same clips finds the same rule and keeps the tensors.
+    assert calibrate_main(["--weights", str(tmp_path / "whole.pt"), "--data", str(data)]) == 0
+    again = load_weights(tmp_path / "whole.pt", model)
+    assert again.detection == a.detection
+    assert json.loads((tmp_path / "whole.pt.json").read_text())["detection"]["clips"] == 1
+    torch.testing.assert_close(again.dgmd.out[-1].weight, a.dgmd.out[-1].weight, rtol=0, atol=0)
     for (name, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
         torch.testing.assert_close(pa, pb, rtol=0, atol=0, msg=name)
