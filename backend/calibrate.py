@@ -57,14 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", help="LO:HI, only clips with seeds in [LO, HI) (the ones it trained on)")
     a = ap.parse_args(argv)
 
+    from .dataset import load_samples
     from .flame import load_flame
     from .model import load_weights, save_weights
-    from .train import _load_dir
 
     path = Path(a.weights)
     net = load_weights(path, load_flame())
     seeds = tuple(int(x) for x in a.seeds.split(":")) if a.seeds else None
-    samples = [s for d in a.data for s in _load_dir(d, "clip_*.npz", seeds)]
+    samples = [s for d in a.data for s in load_samples(d, "clip_*.npz", seeds)]
     if not samples:
         raise SystemExit(f"no synthetic samples (clip_*.npz) in {a.data}")
     t0 = time.perf_counter()

@@ -145,6 +145,15 @@ def load_sample(path: str | os.PathLike) -> dict:
     return out
 
 
+def load_samples(folder: str | os.PathLike, pattern: str, seeds: tuple[int, int] | None = None) -> list[dict]:
+    """The samples in ``folder`` matching ``pattern``, by name; with ``seeds`` (lo, hi) only the
+    synthetic clips whose seed is in [lo, hi)."""
+    paths = sorted(Path(folder).glob(pattern))
+    if seeds is not None:
+        paths = [p for p in paths if seeds[0] <= int(p.stem.split("_")[-1]) < seeds[1]]
+    return [load_sample(p) for p in paths]
+
+
 def gt_vertices(sample: dict, layer) -> tuple[np.ndarray, np.ndarray]:
     """True vertices of a synthetic sample: (camera (N, V, 3), head (N, V, 3)) float32 metres.
 

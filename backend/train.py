@@ -26,6 +26,7 @@ import torch
 from .atomic import atomic_path
 from .calibrate import detection_rule
 from .config import pick_device
+from .dataset import load_samples
 from .dem import window_times
 from .flame import FlameModel, load_flame
 from .model import MicroFaceNet, ModelConfig, landmark_points, save_weights
@@ -55,16 +56,6 @@ class TrainConfig:
     w_flow_guide: float = 0.1
     w_geo: float = 1.0
     model: ModelConfig = field(default_factory=ModelConfig)
-
-
-def _load_dir(folder: str, pattern: str, seeds: tuple[int, int] | None = None) -> list[dict]:
-    """Samples in ``folder``; with ``seeds`` (lo, hi) only synthetic clips whose seed is in [lo, hi)."""
-    from .dataset import load_sample
-
-    paths = sorted(Path(folder).glob(pattern))
-    if seeds is not None:
-        paths = [p for p in paths if seeds[0] <= int(p.stem.split("_")[-1]) < seeds[1]]
-    return [load_sample(p) for p in paths]
 
 
 class Windows:
@@ -194,8 +185,8 @@ def train(cfg: TrainConfig, log=print) -> Path:
     net = MicroFaceNet(flame_model, cfg.model).to(device)
     if cfg.amp and device.type == "cuda" and torch.cuda.is_bf16_supported():
         net.set_mixed_precision(torch.bfloat16)
-    synth = Windows([s for d in cfg.data for s in _load_dir(d, "clip_*.npz", cfg.seeds)], flame_model, net.flame, True)
-    real = Windows([s for d in cfg.real for s in _load_dir(d, "real_*.npz")], flame_model, net.flame, False) \
+    synth = Windows([s for d in cfg.data for s in load_samples(d, "clip_*.npz", cfg.seeds)], flame_model, net.flame, True)
+    real = Windows([s for d in cfg.real for s in load_samples(d, "real_*.npz")], flame_model, net.flame, False) \
         if cfg.real and cfg.real_every else None
     if not synth.samples:
         raise SystemExit(f"no training samples (clip_*.npz) in {cfg.data}")
