@@ -203,8 +203,10 @@ def reconstruct_strip(context, strip, settings: backend_job.BackendSettings | No
 
 def _summary(run: StripRun, out) -> str:
     where = "from the cache" if run.job.cached else f"in {run.job.elapsed:.1f} s"
+    active = out.rig.get(PROP_PREFIX + "active_regions")
     return (f"Reconstructed {run.strip_name} (source frames {run.start_frame}-{run.end_frame}) {where}: "
-            f"{len(out.scene_frames)} frames, scene {out.scene_frames[0]:g}-{out.scene_frames[-1]:g}")
+            f"{len(out.scene_frames)} frames, scene {out.scene_frames[0]:g}-{out.scene_frames[-1]:g}"
+            + (f"; active regions: {active}" if active else ""))
 
 
 # --- the running job, shared with the panels ----------------------------------------------------
