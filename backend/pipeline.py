@@ -191,16 +191,13 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
     # How far each region moved from the first frame, the rigid head motion taken out, and which
     # regions count as active by the rule calibrated with the weights (backend/calibrate.py).
     from .flame import FlameLayer, head_space
-    from .regions import active_regions, region_motion
+    from .regions import region_detection, region_motion
 
     head = refined["vertices_head"] if cfg.refine else head_space(FlameLayer(model), fit.shape, fit.expr, fit.pose)
     motion = region_motion(head, model.region_labels, len(model.region_names))
     detection = None
     if cfg.refine and net.detection:
-        rule = (float(net.detection["fraction"]), float(net.detection["floor_mm"]))
-        active = active_regions(motion.max(0), *rule)
-        detection = {"fraction": rule[0], "floor_mm": rule[1],
-                     "active": [n for n, a in zip(model.region_names, active) if a]}
+        detection = region_detection(motion, model.region_names, net.detection["fraction"], net.detection["floor_mm"])
 
     if lms.interpolated.any():
         warnings.append(f"no usable face in source frames {_runs(lms.interpolated, clip.frame_indices)}: "

@@ -88,3 +88,11 @@ def calibrate_detection(peak_mm: np.ndarray, truth: np.ndarray) -> tuple[float, 
     best = max(((float((active_regions(peak_mm, f, m) == truth).mean()), -m, -f)
                 for m in DETECTION_FLOORS_MM for f in DETECTION_FRACTIONS))
     return -best[2], -best[1]
+
+
+def region_detection(motion_mm: np.ndarray, names: tuple[str, ...], fraction: float, floor_mm: float) -> dict:
+    """The result file's ``region_detection``: the rule and the ``names`` of the regions it calls
+    active from the peak over frames of ``motion_mm`` (T, R) (:func:`region_motion`)."""
+    active = active_regions(np.asarray(motion_mm).max(0), fraction, floor_mm)
+    return {"fraction": float(fraction), "floor_mm": float(floor_mm),
+            "active": [n for n, a in zip(names, active) if a]}

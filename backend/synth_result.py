@@ -12,7 +12,7 @@ import torch
 
 from . import __version__
 from .flame import FlameLayer, FlameModel, head_space
-from .regions import TRUTH_RULE, active_regions, region_motion
+from .regions import TRUTH_RULE, region_detection, region_motion
 from .result import UNITS, Result
 
 
@@ -76,7 +76,6 @@ def synthetic_result(model: FlameModel, n_frames: int = 60, seed: int = 0, *, fp
 
     # region motion of the head without its rigid motion (the detail fields left out), called by the truth's rule
     motion = region_motion(head_space(layer, shape, expr, pose), model.region_labels, len(model.region_names))
-    active = active_regions(motion.max(0), *TRUTH_RULE)
     frames = first_frame + frame_step * np.arange(t, dtype=np.int64)
     nan = np.full((t, 478, 2), np.nan, np.float32)
     meta = {
@@ -91,8 +90,7 @@ def synthetic_result(model: FlameModel, n_frames: int = 60, seed: int = 0, *, fp
         "warnings": [],
         "units": dict(UNITS),
         "refined": detail_rank > 0 or noise_mm > 0,
-        "region_detection": {"fraction": TRUTH_RULE[0], "floor_mm": TRUTH_RULE[1],
-                             "active": [n for n, a in zip(model.region_names, active) if a]},
+        "region_detection": region_detection(motion, model.region_names, *TRUTH_RULE),
         "synthetic": {"seed": seed, "detail_rank": detail_rank, "detail_mm": detail_mm, "noise_mm": noise_mm},
     }
     return Result(
