@@ -42,6 +42,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--drift-sigma", type=float, metavar="SECONDS",
                    help="the network's expression drift slower than this is taken from the landmark fit "
                    "(Gaussian sigma; default 0.5, 0 = off)")
+    r.add_argument("--no-photometric", action="store_true",
+                   help="skip the photometric refinement of the network's micro-expression from the frames' colours")
+    r.add_argument("--photometric-weight", type=float, metavar="LAMBDA",
+                   help="prior weight of the photometric refinement: larger trusts the network more (default 1000)")
     r.add_argument("--iters", type=int, help="fit iterations")
     r.add_argument("--focal", type=float, help="camera focal length in source pixels (default: max(width, height))")
     r.add_argument("--quiet", action="store_true", help="no progress lines, only the final one")
@@ -87,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
             cfg.flow.method = args.flow
         if args.drift_sigma is not None:
             cfg.drift_sigma_s = args.drift_sigma
+        cfg.photometric.enabled = not args.no_photometric
+        if args.photometric_weight is not None:
+            cfg.photometric.prior_weight = args.photometric_weight
         if args.iters:
             cfg.fit.iters = args.iters
         cfg.fit.focal = args.focal

@@ -173,6 +173,21 @@ class FitConfig:
 
 
 @dataclass
+class PhotometricConfig:
+    """backend/photometric.py: the network's micro-expression corrected from the frames' colours."""
+    enabled: bool = True
+    prior_weight: float = 1000.0    # λ on the correction's motion (mm²) against the colour residual; chosen
+                                    # on training clips (benchmarks/bench_photometric.py)
+    iterations: int = 4             # Gauss-Newton steps
+    huber: float = 3.0              # robust scale, in MADs of the colour residual
+    min_profile: float = 0.05       # frames where the network's motion is under this share of its peak are skipped
+    # It models one micro-expression from the range's first frame. On longer ranges (real clips with
+    # head turns, blinks, speech) it raised the landmark reprojection error by 15-50 %: they are left
+    # as the network made them.
+    max_seconds: float = 1.0
+
+
+@dataclass
 class ReconstructConfig:
     video: VideoConfig = field(default_factory=VideoConfig)
     landmarks: LandmarkConfig = field(default_factory=LandmarkConfig)
@@ -187,6 +202,7 @@ class ReconstructConfig:
     # The network's expression and jaw take their drift slower than this (Gaussian sigma, seconds)
     # from the landmark fit; micro-expressions last under half a second. 0 = off.
     drift_sigma_s: float = 0.5
+    photometric: PhotometricConfig = field(default_factory=PhotometricConfig)
 
 
 def pick_device(name: str = "auto") -> str:

@@ -227,13 +227,14 @@ def process_clip(clip, model, cfg: ReconstructConfig | None = None) -> dict:
 
 
 def process_frames(frames: np.ndarray, fps: float, model, cfg: ReconstructConfig | None = None,
-                   focal: float | None = None) -> dict:
+                   focal: float | None = None, keep_frames: bool = False) -> dict:
     """Run the frontend on in-memory frames (N, H, W, 3) uint8 RGB at ``fps``, as on a video file.
 
     The frames go through an mp4 (OpenCV mp4v) and back first: real inputs are compressed, and the
     learned modules must see codec artefacts in training too. ``focal`` (pixels) is the camera's
     focal length when known (synthetic clips); None keeps the fit's default. Returns as
-    :func:`process_clip`.
+    :func:`process_clip`, plus with ``keep_frames`` the decoded ``frames`` the frontend saw (the
+    photometric refinement reads them).
     """
     import cv2
 
@@ -260,7 +261,10 @@ def process_frames(frames: np.ndarray, fps: float, model, cfg: ReconstructConfig
         clip = read_clip(path, cfg.video)
     if len(clip.frames) != len(frames):
         raise MicroFaceError(f"mp4 round trip returned {len(clip.frames)} of {len(frames)} frames")
-    return process_clip(clip, model, cfg)
+    sample = process_clip(clip, model, cfg)
+    if keep_frames:
+        sample["frames"] = clip.frames
+    return sample
 
 
 # ----------------------------------------------------------------------------- synthetic samples
@@ -366,6 +370,21 @@ def _render(spec: SyntheticSpec, model):
                 raise
             peak *= 0.75
     raise ValueError(f"seed {spec.seed}: no reachable peak for regions {spec.regions}")
+
+
+def rendered_sample(spec: SyntheticSpec, model, cfg: ReconstructConfig | None = None,
+                    keep_frames: bool = False) -> dict:
+    """``spec`` rendered and run through the frontend in memory, not written: the stored layout's
+    arrays with the truth (``gt_*``) and a ``meta`` of onset, apex, offset, peak_mm and active
+    regions; with ``keep_frames`` also the decoded ``frames``. Raises MicroFaceError when the
+    frontend drops the clip."""
+    clip, peak = _render(spec, model)
+    sample = process_frames(clip.frames, clip.fps, model, cfg, focal=float(clip.intrinsics[0]), keep_frames=keep_frames)
+    sample.update(gt_shape=clip.shape, gt_expr=clip.expr, gt_pose=clip.pose, gt_trans=clip.trans,
+                  gt_offbasis=clip.off_basis_field, gt_profile=clip.profile)
+    sample["meta"] = {"fps": float(clip.fps), "onset": clip.onset, "apex": clip.apex, "offset": clip.offset,
+                      "peak_mm": peak, "active_regions": list(clip.active_regions)}
+    return sample
 
 
 def _make_synthetic(seed: int, model, out_dir: Path, cfg: ReconstructConfig | None = None,

@@ -149,6 +149,8 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
     out = _check_output(output)
     if not cfg.drift_sigma_s >= 0:   # also NaN
         raise MicroFaceError(f"drift sigma {cfg.drift_sigma_s} is not a time in seconds >= 0 (0 turns it off)")
+    if not 0 < cfg.photometric.prior_weight < float("inf"):
+        raise MicroFaceError(f"photometric weight {cfg.photometric.prior_weight} is not a number > 0")
     device = pick_device(cfg.device)
 
     from .flame import load_flame
@@ -163,7 +165,7 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
     inputs = network_inputs(fe)
 
     vertices, vertices_init, expr, pose = fit.vertices, fit.vertices, fit.expr, fit.pose
-    weights_info, warnings = None, []
+    weights_info, warnings, photometric = None, [], None
     if cfg.refine:
         from .config import WEIGHTS_DIR, asset_id, resolve_asset
         from .model import load_weights
@@ -173,6 +175,18 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
         net = load_weights(wpath, model, device)
         refined = _timed(timings, "refine", refine_sample, net, inputs, clip.frame_indices,
                          cfg.drift_sigma_s * clip.fps)
+        seconds = (len(clip.frames) - 1) / clip.fps
+        if cfg.photometric.enabled and seconds > cfg.photometric.max_seconds:
+            warnings.append(f"photometric refinement skipped: the range lasts {seconds:.2f} s and it corrects one "
+                            f"micro-expression from the range's first frame; trim the range to at most "
+                            f"{cfg.photometric.max_seconds:g} s around one to refine it from the frames' colours")
+        elif cfg.photometric.enabled:
+            from .photometric import refine_photometric
+
+            refined, correction = _timed(timings, "photometric", refine_photometric, clip.frames, refined, model,
+                                         fit.shape, fit.trans, fit.intrinsics, inputs["valid"], cfg.photometric)
+            photometric = {"prior_weight": float(cfg.photometric.prior_weight),
+                           "frames": correction.frames_used if correction else 0}
         vertices, vertices_init = refined["vertices"], refined["vertices_init"]
         expr, pose = refined["expr"], refined["pose"]
         weights_info = {"path": str(wpath), "id": asset_id(wpath)}
@@ -221,6 +235,7 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
         "weights": weights_info,
         **({"drift_sigma_s": float(cfg.drift_sigma_s)} if cfg.refine else {}),
         **({"region_detection": detection} if detection else {}),
+        **({"photometric": photometric} if photometric else {}),
         "units": dict(UNITS),
     }
     result = Result(

@@ -195,22 +195,15 @@ def render_sample(seed: int, changes: dict, flow_changes: dict, model) -> dict |
     """Held-out seed ``seed`` re-rendered with ``changes`` to its recipe and run through the frontend
     (mp4 round trip included) with ``flow_changes`` to the flow config, in the stored layout. None
     when the frontend drops it."""
-    from backend.dataset import _render, default_config, draw_synthetic_spec, process_frames
+    from backend.dataset import default_config, draw_synthetic_spec, rendered_sample
     from backend.errors import MicroFaceError
 
-    spec = dataclasses.replace(draw_synthetic_spec(seed), **changes)
-    clip, peak = _render(spec, model)
     cfg = default_config()
     cfg.flow = dataclasses.replace(cfg.flow, **flow_changes)
     try:
-        sample = process_frames(clip.frames, clip.fps, model, cfg, focal=float(clip.intrinsics[0]))
+        return rendered_sample(dataclasses.replace(draw_synthetic_spec(seed), **changes), model, cfg)
     except MicroFaceError:
         return None
-    sample.update(gt_shape=clip.shape, gt_expr=clip.expr, gt_pose=clip.pose, gt_trans=clip.trans,
-                  gt_offbasis=clip.off_basis_field, gt_profile=clip.profile)
-    sample["meta"] = {"apex": clip.apex, "onset": clip.onset, "offset": clip.offset, "peak_mm": peak,
-                      "active_regions": list(clip.active_regions)}
-    return sample
 
 
 def report(title: str, rows: list[tuple[dict, dict]]) -> None:

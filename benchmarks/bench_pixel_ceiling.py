@@ -71,7 +71,6 @@ def mp4_round_trip(clip) -> np.ndarray:
 
 def read_pixels(clip, frames: np.ndarray, model, layer) -> dict[float, object]:
     """backend.evaluate Metrics of the oracle reader (module docstring) per prior weight λ."""
-    import cv2
     import torch
     from torch.func import jacfwd
 
@@ -79,7 +78,9 @@ def read_pixels(clip, frames: np.ndarray, model, layer) -> dict[float, object]:
     from backend.dataset import gt_vertices
     from backend.evaluate import micro_metrics
     from backend.flame import axis_angle_to_matrix
-    from backend.losses import _sample, vertex_visibility
+    from backend.losses import vertex_visibility
+    from backend.photometric import (gain_bias_jacobian, image_and_gradients, pixel_jacobian,
+                                     residual_and_jacobian, sample_image, schur_terms)
 
     f64 = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float64)  # noqa: E731
     truth = dict(gt_shape=clip.shape, gt_expr=clip.expr, gt_pose=clip.pose, gt_trans=clip.trans,
@@ -114,53 +115,26 @@ def read_pixels(clip, frames: np.ndarray, model, layer) -> dict[float, object]:
     rot = axis_angle_to_matrix(pose[frames_t, :3])
     prof = f64(clip.profile)[frames_t]
 
-    if clip.width != clip.height:
-        raise ValueError("square renders only: backend.losses._sample takes one side")
-
-    def image(frame):
-        """A frame and its x and y gradients, each (1, H, W, 3)."""
-        img = np.asarray(frame, np.float64)
-        return [torch.as_tensor(m)[None] for m in (img, *(cv2.Sobel(img, cv2.CV_64F, *d, ksize=3) / 8.0
-                                                           for d in ((1, 0), (0, 1))))]
-
-    def at(maps, px):
-        """Bilinear samples of maps (1, H, W, 3) at pixels px (N, 2) -> (N, 3)."""
-        return _sample(maps, px[None], clip.width)[0][0]
-
     with torch.no_grad():
         x_on = layer(shape[None], expr[onset][None], pose[onset][None], trans[onset][None])[0][0]
-        template = at(image(frames[onset])[0], project(points(x_on), intr))        # (N, 3)
-        n_pts, n_psi = len(template), psi0.numel()
-        gain_bias = torch.zeros(n_pts, 3, 6, dtype=torch.float64)
-        for c in range(3):
-            gain_bias[:, c, c], gain_bias[:, c, 3 + c] = -template[:, c], -1.0
-        gain_bias = gain_bias.reshape(-1, 6)
+        template = sample_image(image_and_gradients(frames[onset])[0], project(points(x_on), intr))    # (N, 3)
+        n_psi = psi0.numel()
+        gain_bias = gain_bias_jacobian(template)
         per_frame = []
         for i, t in enumerate(frames_t):
             x = points(x0[i])
-            d = -x[:, 2]
-            dpi = torch.zeros(len(x), 2, 3, dtype=torch.float64)               # d(pixel)/d(camera point)
-            dpi[:, 0, 0], dpi[:, 0, 2] = intr[0] / d, intr[0] * x[:, 0] / d ** 2
-            dpi[:, 1, 1], dpi[:, 1, 2] = -intr[0] / d, -intr[0] * x[:, 1] / d ** 2
             moves = points(torch.einsum("ij,vjp->vip", rot[i], jac_head))       # (N, 3, P) camera m per ψ
-            per_frame.append((project(x, intr), dpi @ moves * prof[i], image(frames[t])))
+            per_frame.append((project(x, intr), pixel_jacobian(x, intr) @ moves * prof[i], image_and_gradients(frames[t])))
 
         out = {}
         for lam in LAMBDAS:
             psi = torch.zeros(n_psi, dtype=torch.float64)
             for _ in range(ITERATIONS):
                 hess, grad = lam * prior, lam * prior @ psi
-                for px0, jac_px, (img, gx, gy) in per_frame:
-                    px = px0 + jac_px @ psi
-                    res = (at(img, px) - template).reshape(-1)
-                    jp = (at(gx, px)[:, :, None] * jac_px[:, None, 0] +
-                          at(gy, px)[:, :, None] * jac_px[:, None, 1]).reshape(-1, n_psi)
-                    scale = HUBER * 1.4826 * res.abs().median()
-                    w = (scale / res.abs().clamp_min(1e-9)).clamp(max=1.0)[:, None] / len(res)
-                    # per-frame gain and bias eliminated by their Schur complement
-                    hpe, hee_inv = (jp * w).T @ gain_bias, torch.linalg.inv((gain_bias * w).T @ gain_bias)
-                    hess = hess + (jp * w).T @ jp - hpe @ hee_inv @ hpe.T
-                    grad = grad + (jp * w).T @ res - hpe @ hee_inv @ ((gain_bias * w).T @ res)
+                for px0, jac_px, maps in per_frame:
+                    res, jp = residual_and_jacobian(maps, px0 + jac_px @ psi, jac_px, template)
+                    h, g, _ = schur_terms(res, jp, gain_bias, HUBER)
+                    hess, grad = hess + h, grad + g
                 psi = psi - torch.linalg.solve(hess, grad)
             pred = gt_head[onset][None] + torch.einsum("vcp,t,p->tvc", jac_head, f64(clip.profile), psi).numpy()
             out[lam] = micro_metrics(gt_cam, gt_cam, pred, gt_head, labels, model.region_names,

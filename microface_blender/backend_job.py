@@ -48,6 +48,7 @@ class BackendSettings:
     device: str = "auto"           # auto | cpu | cuda
     checkout: str = ""             # the folder holding backend/; "" = found from ``python``
     refine: bool = True            # False: --no-refine (the static fit only)
+    photometric: bool = True       # False: --no-photometric (the network's output uncorrected by the frames' colours)
     flow: str = "dis"              # dis | tvl1
     extra_args: tuple[str, ...] = ()
 
@@ -137,7 +138,8 @@ def cache_key(video: str | Path, start: int, end: int, settings: BackendSettings
     blob = json.dumps({
         "video": _stat(video), "start": int(start), "end": int(end),
         "flame": _stat(flame), "weights": _stat(weights), "backend": _backend_version(checkout),
-        "checkout": str(checkout), "refine": bool(settings.refine), "flow": settings.flow,
+        "checkout": str(checkout), "refine": bool(settings.refine),
+        "photometric": bool(settings.photometric), "flow": settings.flow,
         "extra": list(settings.extra_args), "assets": environ.get("MICROFACE_ASSETS", ""),
     }, sort_keys=True)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
@@ -159,6 +161,8 @@ def build_command(settings: BackendSettings, video: str | Path, output: str | Pa
         cmd += ["--flame", str(Path(settings.flame).expanduser().absolute())]
     if not settings.refine:
         cmd.append("--no-refine")
+    if not settings.photometric:
+        cmd.append("--no-photometric")
     if settings.flow != "dis":
         cmd += ["--flow", settings.flow]
     return cmd + list(settings.extra_args)

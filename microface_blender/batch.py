@@ -82,6 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="backend device: auto (default), cpu or cuda[:N]")
     p.add_argument("--flame", help="FLAME-format .pkl head model (else $MICROFACE_FLAME, else the open stand-in)")
     p.add_argument("--no-refine", action="store_true", help="skip the learned modules (static fit only)")
+    p.add_argument("--no-photometric", action="store_true",
+                   help="skip the photometric refinement of the network's output from the frames' colours")
     p.add_argument("--fbx", action="store_true", help="also write <stem>.fbx (armature, skin, shape-key animation)")
     p.add_argument("--gltf", action="store_true", help="also write <stem>.glb (skin and morph-target animation)")
     p.add_argument("--abc", action="store_true", help="also write <stem>.abc (the evaluated mesh per frame)")
@@ -120,6 +122,8 @@ def parse_args(argv: list[str]) -> Options:
         backend_args += ["--flame", str(flame)]
     if a.no_refine:
         backend_args.append("--no-refine")
+    if a.no_photometric:
+        backend_args.append("--no-photometric")
     return Options(inputs=[Path(p).expanduser().absolute() for p in a.inputs], out_dir=out,
                    exports=tuple(k for k in EXPORTS if getattr(a, k)), backend_args=backend_args,
                    force=a.force, keep_result=a.keep_result, verbose=a.verbose, python=a.python or "")

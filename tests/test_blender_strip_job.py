@@ -94,8 +94,8 @@ def test_command_line_and_environment(fake):
     assert cmd[:4] == [sys.executable, "-m", "backend", "reconstruct"]
     assert cmd[4:] == [str(video), "-o", "/c/out.npz", "--start", "3", "--end", "40", "--device", "cpu",
                        "--flame", settings.flame]
-    s2 = bj.BackendSettings(python="py", cache_dir="c", device="AUTO", refine=False, flow="tvl1")
-    assert bj.build_command(s2, video, "o.npz", 0, 1)[-4:] == ["auto", "--no-refine", "--flow", "tvl1"]
+    s2 = bj.BackendSettings(python="py", cache_dir="c", device="AUTO", refine=False, photometric=False, flow="tvl1")
+    assert bj.build_command(s2, video, "o.npz", 0, 1)[-5:] == ["auto", "--no-refine", "--no-photometric", "--flow", "tvl1"]
     job = _run(fake, "ok")
     seen = json.loads(log.read_text())
     assert seen["cwd"] == settings.checkout and seen["pythonpath"] == settings.checkout  # Blender's PYTHONHOME dropped
@@ -133,6 +133,7 @@ def test_cache_key_follows_clip_range_and_settings(fake, tmp_path):
     assert bj.cache_key(video, 0, 13, settings, environ) != key
     assert bj.cache_key(video, 1, 12, settings, environ) != key
     assert bj.cache_key(video, 0, 12, bj.BackendSettings(**{**settings.__dict__, "refine": False}), environ) != key
+    assert bj.cache_key(video, 0, 12, bj.BackendSettings(**{**settings.__dict__, "photometric": False}), environ) != key
     # The device does not change the result, so it does not change the key.
     assert bj.cache_key(video, 0, 12, bj.BackendSettings(**{**settings.__dict__, "device": "cuda"}), environ) == key
     other = tmp_path / "other.pkl"

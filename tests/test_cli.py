@@ -59,6 +59,13 @@ def test_negative_drift_sigma(capsys, tmp_path):
     _assert_clean_failure(*_run(capsys, argv), out, "drift sigma", "seconds")
 
 
+@pytest.mark.parametrize("weight", ["0", "-3", "nan", "inf"])
+def test_bad_photometric_weight(capsys, tmp_path, weight):
+    out = tmp_path / "r.npz"
+    argv = ["reconstruct", str(shared_video("single_face.mp4")), "-o", str(out), "--photometric-weight", weight]
+    _assert_clean_failure(*_run(capsys, argv), out, "photometric weight")
+
+
 def test_one_frame_clip(capsys, tmp_path):
     clip = write_video(tmp_path / "one.mp4", np.full((1, 64, 64, 3), 128, np.uint8))
     out = tmp_path / "r.npz"

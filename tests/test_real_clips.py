@@ -50,6 +50,9 @@ def test_single_face_main_job(tmp_path):
     assert att[cheeks].min() > 0.5 > att[still].max()
     assert back.meta["refined"] and back.meta["weights"]["id"].startswith("microface.pt@sha256:")
     assert back.meta["drift_sigma_s"] == 0.5
+    # 72 frames at 30 fps are longer than one micro-expression: no photometric refinement, and a note why
+    assert "photometric" not in back.meta
+    assert any(w.startswith("photometric refinement skipped: the range lasts 2.37 s") for w in back.meta["warnings"])
     # Region motion from frame 0 without the head's rigid motion. At the smile (frame 36) the mouth
     # moved 4.2 mm, the cheeks 2.0 / 1.6 and the forehead 0.5 (measured); over the clip the shipped
     # rule (0.35 of the largest peak, 4.6 mm, and 0.08 mm) calls mouth, cheeks and chin active and
@@ -98,7 +101,7 @@ def test_cuts_and_faceless_shots_partial_but_honest(tmp_path):
     valid_frames = res.frame_indices[res.valid]
     assert 0.3 < res.valid.mean() < 0.7
     assert valid_frames.min() >= 60 and valid_frames.max() <= 190
-    assert res.meta["warnings"] and "interpolated" in res.meta["warnings"][0]
+    assert any("interpolated" in w for w in res.meta["warnings"])
     assert np.isfinite(res.vertices).all()
 
 
