@@ -28,7 +28,8 @@ The prior's weight lambda is chosen per reader as the best on the mean recovered
 
 ``--render`` re-renders the held-out seeds under changed recipes and flows (the first recipe's
 256 px renders, TV-L1, no supersampling; no sensor noise or light drift; no head sway; 1024 px
-renders and a 4x flow crop; all of the better ones at once) through the same frontend and reports the same figures, to show which lever moves the ceiling.
+renders and a 4x flow crop; all of the better ones at once) through the same frontend and reports
+the same figures, to show which lever moves the ceiling.
 """
 from __future__ import annotations
 

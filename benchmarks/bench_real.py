@@ -1,5 +1,6 @@
 """Real clips (no ground truth): fit only vs DEM only vs the full model, without and with the
-photometric refinement (backend/photometric.py).
+photometric refinement (backend/photometric.py), which is forced here onto the whole range (the
+pipeline runs it only on ranges of at most PhotometricConfig.max_seconds).
 
     .venv/bin/python benchmarks/bench_real.py [VIDEO ...] [--end N] [--weights PATH]
 
