@@ -372,6 +372,12 @@ def _render(spec: SyntheticSpec, model):
     raise ValueError(f"seed {spec.seed}: no reachable peak for regions {spec.regions}")
 
 
+def truth_arrays(clip) -> dict[str, np.ndarray]:
+    """A rendered clip's ground truth under the sample layout's ``gt_*`` names, as generated."""
+    return dict(gt_shape=clip.shape, gt_expr=clip.expr, gt_pose=clip.pose, gt_trans=clip.trans,
+                gt_offbasis=clip.off_basis_field, gt_profile=clip.profile)
+
+
 def rendered_sample(spec: SyntheticSpec, model, cfg: ReconstructConfig | None = None,
                     keep_frames: bool = False) -> dict:
     """``spec`` rendered and run through the frontend in memory, not written: the stored layout's
@@ -380,8 +386,7 @@ def rendered_sample(spec: SyntheticSpec, model, cfg: ReconstructConfig | None = 
     frontend drops the clip."""
     clip, peak = _render(spec, model)
     sample = process_frames(clip.frames, clip.fps, model, cfg, focal=float(clip.intrinsics[0]), keep_frames=keep_frames)
-    sample.update(gt_shape=clip.shape, gt_expr=clip.expr, gt_pose=clip.pose, gt_trans=clip.trans,
-                  gt_offbasis=clip.off_basis_field, gt_profile=clip.profile)
+    sample.update(truth_arrays(clip))
     sample["meta"] = {"fps": float(clip.fps), "onset": clip.onset, "apex": clip.apex, "offset": clip.offset,
                       "peak_mm": peak, "active_regions": list(clip.active_regions)}
     return sample
@@ -407,10 +412,7 @@ def _make_synthetic(seed: int, model, out_dir: Path, cfg: ReconstructConfig | No
         return None, info
     finfo = front.pop("info")
     arrays = dict(front)
-    arrays.update(
-        gt_shape=clip.shape.astype(np.float32), gt_expr=clip.expr.astype(np.float32),
-        gt_pose=clip.pose.astype(np.float32), gt_trans=clip.trans.astype(np.float32),
-        gt_offbasis=clip.off_basis_field.astype(np.float32), gt_profile=clip.profile.astype(np.float32))
+    arrays.update({k: v.astype(np.float32) for k, v in truth_arrays(clip).items()})
     timings = {"render": t_render, **finfo["timings"]}
     meta = {
         "kind": "synthetic", "source": f"backend.synth seed {seed}", "seed": int(seed),

@@ -351,13 +351,12 @@ class FlameLayer(torch.nn.Module):
 def head_space(layer: FlameLayer, shape: np.ndarray, expr: np.ndarray, pose: np.ndarray) -> np.ndarray:
     """FLAME vertices without the head's rigid motion (global and neck rotation, translation).
 
-    shape (n_shape,), expr (T, n_expr), pose (T, 3J). Returns (T, V, 3) metres.
+    shape (n_shape,), expr (T, n_expr), pose (T, 3J). Returns (T, V, 3) metres in the layer's
+    precision (float32, or float64 for a ``.double()`` layer).
     """
-    pose = np.array(pose, np.float32, copy=True)
+    pose = np.array(pose, copy=True)
     pose[:, HEAD_MOTION] = 0.0
-    dev = layer.v_template.device
+    kw = dict(dtype=layer.v_template.dtype, device=layer.v_template.device)
     with torch.no_grad():
-        v, _ = layer(torch.as_tensor(shape, dtype=torch.float32, device=dev),
-                     torch.as_tensor(expr, dtype=torch.float32, device=dev),
-                     torch.as_tensor(pose, device=dev))
+        v, _ = layer(torch.as_tensor(shape, **kw), torch.as_tensor(expr, **kw), torch.as_tensor(pose, **kw))
     return v.cpu().numpy()

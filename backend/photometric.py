@@ -205,7 +205,7 @@ def refine_photometric(frames: np.ndarray, refined: dict[str, np.ndarray], model
     """
     from torch.func import jacfwd
 
-    from .flame import HEAD_MOTION, FlameLayer
+    from .flame import HEAD_MOTION, FlameLayer, head_space
 
     layer = FlameLayer(model).double()
     jaw, n = model.jaw_pose_slice(), refined["expr"].shape[1]
@@ -230,13 +230,10 @@ def refine_photometric(frames: np.ndarray, refined: dict[str, np.ndarray], model
     out["pose"] = refined["pose"].copy()
     out["pose"][:, jaw] += step[:, n:].astype(np.float32)
     with torch.no_grad():
-        t_shape = f64(shape)[None].expand(len(step), -1)
-        v_cam, _ = layer(t_shape, f64(out["expr"]), f64(out["pose"]), f64(trans))
-        still = f64(out["pose"]).clone()
-        still[:, HEAD_MOTION] = 0.0
-        v_head, _ = layer(t_shape, f64(out["expr"]), still)
-    for key, new in (("vertices", v_cam), ("vertices_head", v_head)):
+        v_cam, _ = layer(f64(shape)[None].expand(len(step), -1), f64(out["expr"]), f64(out["pose"]), f64(trans))
+    v_head = head_space(layer, shape, out["expr"], out["pose"])
+    for key, new in (("vertices", v_cam.numpy()), ("vertices_head", v_head)):
         init = key.replace("vertices", "vertices_init")
-        out[init] = new.numpy().astype(np.float32)
+        out[init] = new.astype(np.float32)
         out[key] = (out[init] + (refined[key] - refined[init])).astype(np.float32)
     return out, corr

@@ -75,7 +75,7 @@ def read_pixels(clip, frames: np.ndarray, model, layer) -> dict[float, object]:
     from torch.func import jacfwd
 
     from backend.camera import project
-    from backend.dataset import gt_vertices
+    from backend.dataset import gt_vertices, truth_arrays
     from backend.evaluate import micro_metrics
     from backend.flame import axis_angle_to_matrix
     from backend.losses import vertex_visibility
@@ -83,9 +83,7 @@ def read_pixels(clip, frames: np.ndarray, model, layer) -> dict[float, object]:
                                      residual_and_jacobian, sample_image, schur_terms)
 
     f64 = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float64)  # noqa: E731
-    truth = dict(gt_shape=clip.shape, gt_expr=clip.expr, gt_pose=clip.pose, gt_trans=clip.trans,
-                 gt_offbasis=clip.off_basis_field, gt_profile=clip.profile)
-    gt_cam, gt_head = gt_vertices(truth, layer)
+    gt_cam, gt_head = gt_vertices(truth_arrays(clip), layer)
     onset, offset, labels = clip.onset, clip.offset, model.region_labels
     shape, expr, pose, trans, intr = (f64(a) for a in (clip.shape, clip.expr, clip.pose, clip.trans, clip.intrinsics))
     jaw, n = model.jaw_pose_slice(), expr.shape[1]
