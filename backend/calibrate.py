@@ -39,15 +39,15 @@ def region_peaks(samples: list[dict], layer, nets: dict) -> tuple[dict[str, np.n
 
 def detection_rule(net, samples: list[dict]) -> dict:
     """The region rule that calls the truth of ``samples`` (synthetic, with truth) best from the
-    network's final meshes: {"fraction", "floor_mm", "accuracy" (share of regions called right),
-    "clips"}."""
-    from .regions import active_regions, calibrate_detection
+    network's final meshes: {"fraction", "floor_mm", "noise_factor", "accuracy" (share of regions
+    called right), "clips"}."""
+    from .regions import NOISE_FACTORS, active_regions, calibrate_detection
 
     peaks, truth = region_peaks(samples, net.flame, {"net": net})
-    fraction, floor_mm = calibrate_detection(peaks["net"], truth)
-    accuracy = float((active_regions(peaks["net"], fraction, floor_mm) == truth).mean())
-    return {"fraction": float(fraction), "floor_mm": float(floor_mm), "accuracy": round(accuracy, 4),
-            "clips": len(samples)}
+    rule = calibrate_detection(peaks["net"], truth, NOISE_FACTORS)
+    accuracy = float((active_regions(peaks["net"], *rule) == truth).mean())
+    return {"fraction": float(rule[0]), "floor_mm": float(rule[1]), "noise_factor": float(rule[2]),
+            "accuracy": round(accuracy, 4), "clips": len(samples)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,6 +46,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="skip the photometric refinement of the network's micro-expression from the frames' colours")
     r.add_argument("--photometric-weight", type=float, metavar="LAMBDA",
                    help="prior weight of the photometric refinement: larger trusts the network more (default 1000)")
+    g = r.add_mutually_exclusive_group()
+    g.add_argument("--reader", dest="reader", action="store_true", default=None,
+                   help="read the micro-expression from the flow through the fitted head (backend/flow_reader.py)")
+    g.add_argument("--no-reader", dest="reader", action="store_false", help="without the flow reader")
+    r.add_argument("--reader-weight", type=float, metavar="LAMBDA",
+                   help="the flow reader's prior weight: larger reads less motion (default: ReaderConfig's)")
     r.add_argument("--iters", type=int, help="fit iterations")
     r.add_argument("--focal", type=float, help="camera focal length in source pixels (default: max(width, height))")
     r.add_argument("--quiet", action="store_true", help="no progress lines, only the final one")
@@ -94,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg.photometric.enabled = not args.no_photometric
         if args.photometric_weight is not None:
             cfg.photometric.prior_weight = args.photometric_weight
+        if args.reader is not None:
+            cfg.reader.enabled = args.reader
+        if args.reader_weight is not None:
+            cfg.reader.prior_weight = args.reader_weight
         if args.iters:
             cfg.fit.iters = args.iters
         cfg.fit.focal = args.focal

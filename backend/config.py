@@ -188,6 +188,30 @@ class PhotometricConfig:
 
 
 @dataclass
+class ReaderConfig:
+    """backend/flow_reader.py: the micro-expression read from the flow through the fitted head."""
+    enabled: bool = False
+    prior_weight: float = 1.0       # λ on the read motion (mm²) against the tracks' residual (crop px²)
+    huber_px: float = 0.5           # robust scale of the track residual, 224-crop px
+    iterations: int = 4             # reweighting rounds per frame
+    rigid_passes: int = 2           # linearisations per frame, each at the head moved by the last rigid correction
+    patterns: int = 2               # spatial patterns of the micro-expression, each with its time course
+    alternations: int = 5           # rounds of alternating patterns and time courses
+    smooth_s: float = 0.01          # Gaussian smoothing of the time courses, seconds
+    anchor_every_s: float = 1.0     # each frame's flow is read from an anchor frame this often (chains add up errors)
+    min_facing: float = 0.3         # cosine between a point's normal and the view ray, below which it is left out
+
+
+@dataclass
+class RegionCallConfig:
+    """The rule (backend.regions.active_regions) behind the result's ``region_detection`` when the
+    network's weights carry none that fits: the fit alone, or the flow reader's motion."""
+    fraction: float = 0.35          # of the most-moving region's peak motion
+    floor_mm: float = 0.05
+    noise_factor: float = 2.0       # times the clip's own noise floor (backend.regions.clip_noise_mm)
+
+
+@dataclass
 class ReconstructConfig:
     video: VideoConfig = field(default_factory=VideoConfig)
     landmarks: LandmarkConfig = field(default_factory=LandmarkConfig)
@@ -203,6 +227,8 @@ class ReconstructConfig:
     # from the landmark fit; micro-expressions last under half a second. 0 = off.
     drift_sigma_s: float = 0.5
     photometric: PhotometricConfig = field(default_factory=PhotometricConfig)
+    reader: ReaderConfig = field(default_factory=ReaderConfig)
+    regions: RegionCallConfig = field(default_factory=RegionCallConfig)
 
 
 def pick_device(name: str = "auto") -> str:

@@ -52,9 +52,10 @@ class Metrics:
 
 def micro_metrics(pred_cam: np.ndarray, gt_cam: np.ndarray, pred_head: np.ndarray, gt_head: np.ndarray,
                   region_labels: np.ndarray, region_names: tuple[str, ...], active_regions_: list[str],
-                  onset: int, offset: int, detection: tuple[float, float] | None = None) -> Metrics:
+                  onset: int, offset: int, detection: tuple[float, ...] | None = None) -> Metrics:
     """All arrays (T, V, 3) metres; ``onset``/``offset`` index frames of the clip. Regions are
-    called active by the truth's rule and, given ``detection`` (fraction, floor_mm), by that too."""
+    called active by the truth's rule and, given ``detection`` (fraction, floor_mm[, noise_factor]),
+    by that too."""
     face = region_labels >= 0
     active = np.isin(region_labels, [region_names.index(r) for r in active_regions_])
     still = face & ~active
@@ -110,7 +111,7 @@ def method_meshes(sample: dict, layer, nets: dict) -> dict[str, tuple[np.ndarray
 
 
 def compare_methods(sample: dict, flame_model, layer, nets: dict,
-                    detection: dict[str, tuple[float, float]] | None = None) -> dict[str, Metrics]:
+                    detection: dict[str, tuple[float, ...]] | None = None) -> dict[str, Metrics]:
     """Metrics of each method of :func:`method_meshes` on one synthetic sample with truth;
     ``detection`` gives a method its calibrated region rule (:func:`calibrate_detection`)."""
     from .dataset import gt_vertices

@@ -32,9 +32,10 @@ def _make_solver(cfg: FlowConfig):
 
 
 def crop_flow(crops: np.ndarray, cfg: FlowConfig | None = None, progress: Progress | None = None,
-              reduce: int = 1) -> np.ndarray:
+              reduce: int = 1, pairs: np.ndarray | None = None) -> np.ndarray:
     """Dense flow from crop t to crop t+1: (T, S, S, 3) uint8 RGB -> (T-1, S/reduce, S/reduce, 2)
-    float32 in pixels of the reduced crop.
+    float32 in pixels of the reduced crop. ``pairs`` (M, 2) (source, target) crop indices gives
+    M other pairs instead (e.g. from an anchor frame, see :func:`anchor_pairs`).
 
     ``flow[t, y, x]`` is where the pixel (x, y) of crop t moved to in crop t+1, minus (x, y):
     crop_t(p) ~ crop_t+1(p + flow). ``cfg.method`` picks DIS (medium preset) or TV-L1 with ``cfg``'s
@@ -50,16 +51,18 @@ def crop_flow(crops: np.ndarray, cfg: FlowConfig | None = None, progress: Progre
         raise MicroFaceError(f"flow needs (T, S, S, 3) uint8 crops, got {crops.shape} {crops.dtype}")
     if crops.shape[1] % reduce or crops.shape[2] % reduce:
         raise MicroFaceError(f"crop side {crops.shape[1]} is not a multiple of the flow reduction {reduce}")
-    n_pairs = len(crops) - 1
-    if n_pairs < 1:
+    if len(crops) < 2:
         raise MicroFaceError("optical flow needs at least 2 frames")
+    if pairs is None:
+        pairs = np.stack([np.arange(len(crops) - 1), np.arange(1, len(crops))], 1)
+    n_pairs = len(pairs)
     gray = [cv2.cvtColor(c, cv2.COLOR_RGB2GRAY) for c in crops]
     local = threading.local()
 
     def pair(t: int) -> np.ndarray:
         if not hasattr(local, "solver"):
             local.solver = _make_solver(cfg)   # solvers keep state: one per thread
-        flow = local.solver.calc(gray[t], gray[t + 1], None)
+        flow = local.solver.calc(gray[pairs[t][0]], gray[pairs[t][1]], None)
         return flow if reduce == 1 else pool_flow(flow[None], reduce)[0] / reduce
 
     out = np.empty((n_pairs, crops.shape[1] // reduce, crops.shape[2] // reduce, 2), np.float32)
@@ -82,19 +85,28 @@ def crop_flow(crops: np.ndarray, cfg: FlowConfig | None = None, progress: Progre
     return out
 
 
+def anchor_pairs(n_frames: int, every: int) -> np.ndarray:
+    """(T-1, 2) flow pairs (anchor, t) for t = 1..T-1, the anchor the last multiple of ``every``
+    frames before t: each frame is read from a recent frame directly instead of through a chain of
+    consecutive pairs, whose errors add up."""
+    t = np.arange(1, n_frames)
+    return np.stack([((t - 1) // max(1, every)) * max(1, every), t], 1)
+
+
 def aligned_flow(frames: np.ndarray, alignment: Alignment, cfg: FlowConfig | None = None,
-                 progress: Progress | None = None) -> np.ndarray:
+                 progress: Progress | None = None, pairs: np.ndarray | None = None) -> np.ndarray:
     """Flow between consecutive aligned crops: (T-1, S, S, 2) float32 in S-crop pixels, S the
-    alignment's side. With ``cfg.supersample`` k > 1 it is computed on (k S)-pixel crops of
-    ``frames`` (T, H, W, 3) uint8 cut with the same framing, then reduced k-fold to the S grid."""
+    alignment's side (or between ``pairs``, see :func:`crop_flow`). With ``cfg.supersample`` k > 1
+    it is computed on (k S)-pixel crops of ``frames`` (T, H, W, 3) uint8 cut with the same framing,
+    then reduced k-fold to the S grid."""
     cfg = cfg or FlowConfig()
     k = int(cfg.supersample)
     if k < 1:
         raise MicroFaceError(f"flow supersampling must be a positive integer, got {cfg.supersample}")
     if k == 1:
-        return crop_flow(alignment.crops, cfg, progress)
+        return crop_flow(alignment.crops, cfg, progress, pairs=pairs)
     big = warp_crops(frames, upscale_transforms(alignment.transforms, k), alignment.size * k)
-    return crop_flow(big, cfg, progress, reduce=k)
+    return crop_flow(big, cfg, progress, reduce=k, pairs=pairs)
 
 
 def pool_flow(flow: np.ndarray, factor: int = 2) -> np.ndarray:

@@ -105,7 +105,7 @@ def schur_terms(res: torch.Tensor, jp: torch.Tensor, je: torch.Tensor, huber: fl
     return hess, grad, lambda step: -hee_inv @ (ge + hpe.T @ step)
 
 
-def _rotations(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+def frame_rotations(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """Per frame, the rotation (T, 3, 3) that best maps point sets src (T, N, 3) onto dst (T, N, 3)."""
     a, b = src - src.mean(1, keepdims=True), dst - dst.mean(1, keepdims=True)
     u, _, vt = np.linalg.svd(np.einsum("tni,tnj->tij", a, b))
@@ -161,7 +161,7 @@ def fit_correction(frames: np.ndarray, vertices: np.ndarray, vertices_head: np.n
     jac_pts = points(f64(jac_head))                                                   # (N, 3, P)
     prior_basis = f64(jac_head[face_mask]).reshape(-1, jac_head.shape[-1]) * 1000.0
     prior = prior_basis.T @ prior_basis / face_mask.sum()
-    rot = f64(_rotations(vertices_head[:, face_mask], vertices[:, face_mask]))
+    rot = f64(frame_rotations(vertices_head[:, face_mask], vertices[:, face_mask]))
     template = sample_image(image_and_gradients(frames[0])[0], project(points(f64(vertices[0])), intr))
     gain_bias = gain_bias_jacobian(template)
     use = [t for t in range(1, len(frames)) if valid[t] and profile[t] > cfg.min_profile]

@@ -151,6 +151,8 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
         raise MicroFaceError(f"drift sigma {cfg.drift_sigma_s} is not a time in seconds >= 0 (0 turns it off)")
     if not 0 < cfg.photometric.prior_weight < float("inf"):
         raise MicroFaceError(f"photometric weight {cfg.photometric.prior_weight} is not a number > 0")
+    if not 0 < cfg.reader.prior_weight < float("inf"):
+        raise MicroFaceError(f"reader weight {cfg.reader.prior_weight} is not a number > 0")
     device = pick_device(cfg.device)
 
     from .flame import load_flame
@@ -165,7 +167,22 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
     inputs = network_inputs(fe)
 
     vertices, vertices_init, expr, pose = fit.vertices, fit.vertices, fit.expr, fit.pose
-    weights_info, warnings, photometric = None, [], None
+    weights_info, warnings, photometric, reader_info, net = None, [], None, None, None
+    drift = cfg.drift_sigma_s * clip.fps
+    reading = None
+    if cfg.reader.enabled:
+        from .flow import aligned_flow, anchor_pairs
+        from .flow_reader import read_flow
+
+        pairs = anchor_pairs(len(clip.frames), max(1, round(cfg.reader.anchor_every_s * clip.fps)))
+        anchored = _timed(timings, "reader_flow", aligned_flow, clip.frames, fe.alignment, cfg.flow,
+                          lambda _, done, total: progress("reader_flow", done, total), pairs)
+        reading = _timed(timings, "reader", read_flow, model, anchored, fe.alignment.transforms, fit.intrinsics,
+                         (clip.width, clip.height), fit.shape, fit.expr, fit.pose, fit.trans, lms.valid, clip.fps,
+                         fe.alignment.size, cfg.reader, pairs)
+        reader_info = {"points": reading.points, "residual_px": round(reading.residual_px, 4),
+                       "patterns": int(len(reading.patterns)), "prior_weight": float(cfg.reader.prior_weight)}
+    refined = None
     if cfg.refine:
         from .config import WEIGHTS_DIR, asset_id, resolve_asset
         from .model import load_weights
@@ -173,8 +190,19 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
 
         wpath = resolve_asset("weights", cfg.weights, folders=(WEIGHTS_DIR,))
         net = load_weights(wpath, model, device)
-        refined = _timed(timings, "refine", refine_sample, net, inputs, clip.frame_indices,
-                         cfg.drift_sigma_s * clip.fps)
+        refined = _timed(timings, "refine", refine_sample, net, inputs, clip.frame_indices, drift,
+                         psi=(reading.expr, reading.pose) if reading else None)
+        weights_info = {"path": str(wpath), "id": asset_id(wpath)}
+        used = cfg.flow.recipe()
+        if net.trained_flow is not None and net.trained_flow != used:
+            warnings.append(f"the network was trained on {net.trained_flow['method']} flow at "
+                            f"{net.trained_flow['supersample']}x and this run used {used['method']} at "
+                            f"{used['supersample']}x: its refinement is outside what it learned")
+    elif reading is not None:
+        from .refine import parametric_meshes
+
+        refined = parametric_meshes(model, fit, reading.expr, reading.pose, clip.frame_indices, drift)
+    if refined is not None:
         seconds = (len(clip.frames) - 1) / clip.fps
         if cfg.photometric.enabled and seconds > cfg.photometric.max_seconds:
             warnings.append(f"photometric refinement skipped: the range lasts {seconds:.2f} s and it corrects one "
@@ -189,12 +217,6 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
                            "frames": correction.frames_used if correction else 0}
         vertices, vertices_init = refined["vertices"], refined["vertices_init"]
         expr, pose = refined["expr"], refined["pose"]
-        weights_info = {"path": str(wpath), "id": asset_id(wpath)}
-        used = cfg.flow.recipe()
-        if net.trained_flow is not None and net.trained_flow != used:
-            warnings.append(f"the network was trained on {net.trained_flow['method']} flow at "
-                            f"{net.trained_flow['supersample']}x and this run used {used['method']} at "
-                            f"{used['supersample']}x: its refinement is outside what it learned")
 
     # Per-region intensity of the flow accumulated from the onset (Eq. 18) at each region's
     # projected centroid (Eq. 12), and its attention (Eq. 19-20): what the mesh deformation reads.
@@ -207,11 +229,15 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
     from .flame import FlameLayer, head_space
     from .regions import region_detection, region_motion
 
-    head = refined["vertices_head"] if cfg.refine else head_space(FlameLayer(model), fit.shape, fit.expr, fit.pose)
+    head = refined["vertices_head"] if refined is not None else head_space(FlameLayer(model), fit.shape, fit.expr,
+                                                                             fit.pose)
     motion = region_motion(head, model.region_labels, len(model.region_names))
-    detection = None
-    if cfg.refine and net.detection:
-        detection = region_detection(motion, model.region_names, net.detection["fraction"], net.detection["floor_mm"])
+    # The network's rule was calibrated on its own meshes; any other motion gets the configured one.
+    rule = (cfg.regions.fraction, cfg.regions.floor_mm, cfg.regions.noise_factor)
+    if net is not None and net.detection and reading is None:
+        rule = (net.detection["fraction"], net.detection["floor_mm"],
+                net.detection.get("noise_factor", cfg.regions.noise_factor))
+    detection = region_detection(motion, model.region_names, *rule)
 
     if lms.interpolated.any():
         warnings.append(f"no usable face in source frames {_runs(lms.interpolated, clip.frame_indices)}: "
@@ -233,8 +259,9 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
         "warnings": warnings,
         "refined": bool(cfg.refine),
         "weights": weights_info,
-        **({"drift_sigma_s": float(cfg.drift_sigma_s)} if cfg.refine else {}),
-        **({"region_detection": detection} if detection else {}),
+        **({"reader": reader_info} if reader_info else {}),
+        **({"drift_sigma_s": float(cfg.drift_sigma_s)} if refined is not None else {}),
+        "region_detection": detection,
         **({"photometric": photometric} if photometric else {}),
         "units": dict(UNITS),
     }

@@ -35,8 +35,12 @@ def drift_from_fit(psi: np.ndarray, fit_psi: np.ndarray, frame_indices: np.ndarr
 
 
 def refine_sample(net: MicroFaceNet, sample: dict, frame_indices: np.ndarray | None = None,
-                  drift_sigma: float = 0.0, chunk: int = 48) -> dict[str, np.ndarray]:
+                  drift_sigma: float = 0.0, chunk: int = 48,
+                  psi: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Run DEM -> FLAME -> DGMD on every frame of ``sample``.
+
+    ``psi`` (expr (T, n), pose (T, 3J)): expression and jaw read elsewhere (backend/flow_reader.py)
+    that the mesh deformation refines instead of the DEM's.
 
     ``frame_indices`` (T,) source frame numbers set the time axis (default 0..T-1).
     ``drift_sigma`` > 0: the DEM's expression and jaw take their drift slower than this many
@@ -59,8 +63,11 @@ def refine_sample(net: MicroFaceNet, sample: dict, frame_indices: np.ndarray | N
              "align": as_t(sample["align"])[None], "lmk": lmk}
     net.eval()
     with torch.no_grad():
-        dem = net(batch, expr_only=True)
-        expr, pose = dem["expr"], dem["pose"]
+        if psi is None:
+            dem = net(batch, expr_only=True)
+            expr, pose = dem["expr"], dem["pose"]
+        else:
+            expr, pose = as_t(psi[0])[None], as_t(psi[1])[None]
         if drift_sigma > 0:
             psi = drift_from_fit(net.pack_psi(expr, pose)[0].cpu().numpy(),
                                  net.pack_psi(batch["fit_expr"], batch["fit_pose"])[0].cpu().numpy(), f, drift_sigma)
@@ -79,3 +86,27 @@ def refine_sample(net: MicroFaceNet, sample: dict, frame_indices: np.ndarray | N
     res["expr"] = expr[0].cpu().numpy().astype(np.float32)
     res["pose"] = pose[0].cpu().numpy().astype(np.float32)
     return res
+
+
+def parametric_meshes(model, fit, expr: np.ndarray, pose: np.ndarray, frame_indices: np.ndarray,
+                      drift_sigma: float = 0.0) -> dict[str, np.ndarray]:
+    """The head with the fit's identity and rigid motion and the expression ``expr`` (T, n) and
+    jaw of ``pose`` (T, 3J) read without the network (backend/flow_reader.py), in refine_sample's
+    layout: expr, pose, vertices(_init) (T, V, 3) camera m and their head-space twins. Its drift
+    slower than ``drift_sigma`` source frames comes from the fit, as for the network."""
+    from .flame import FlameLayer, head_space
+
+    jaw = model.jaw_pose_slice()
+    if drift_sigma > 0:
+        pack = lambda e, p: np.concatenate([e, p[:, jaw]], 1)  # noqa: E731  (ψ as MicroFaceNet.pack_psi packs it)
+        psi = drift_from_fit(pack(expr, pose), pack(fit.expr, fit.pose), frame_indices, drift_sigma)
+        expr, pose = psi[:, :model.n_expr], np.array(pose, copy=True)
+        pose[:, jaw] = psi[:, model.n_expr:]
+    layer = FlameLayer(model)
+    f32 = lambda a: torch.as_tensor(np.asarray(a, np.float32))  # noqa: E731
+    with torch.no_grad():
+        cam, _ = layer(f32(fit.shape)[None].expand(len(expr), -1), f32(expr), f32(pose), f32(fit.trans))
+    head = head_space(layer, fit.shape, expr, pose)
+    cam = cam.numpy().astype(np.float32)
+    return {"expr": np.asarray(expr, np.float32), "pose": np.asarray(pose, np.float32), "vertices": cam,
+            "vertices_init": cam, "vertices_head": head.astype(np.float32), "vertices_init_head": head.astype(np.float32)}

@@ -2,8 +2,9 @@
 
 FLAME_masks.pkl has eye regions, nose, lips, forehead and the whole face, but no cheeks or chin.
 Those are carved out of the face mask by position on the template (y up, +x = subject's left).
-A region is called active when its motion is a large enough share of the most-moving region's
-and above a floor; a method's best rule depends on its noise, so it is calibrated on clips with truth.
+A region is called active when its motion is a large enough share of the most-moving region's,
+above a floor and above a multiple of the clip's own noise floor; a method's best rule depends on
+its noise, so it is calibrated on clips with truth.
 """
 from __future__ import annotations
 
@@ -56,6 +57,7 @@ def region_labels(masks: dict[str, np.ndarray], v_template: np.ndarray) -> np.nd
 TRUTH_RULE = (0.3, 0.03)
 DETECTION_FRACTIONS = tuple(np.round(np.arange(0.2, 0.91, 0.05), 2))
 DETECTION_FLOORS_MM = (0.0, 0.02, 0.03, 0.05, 0.08, 0.1, 0.15, 0.2, 0.3)
+NOISE_FACTORS = (0.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 
 
 def region_motion(head: np.ndarray, labels: np.ndarray, n_regions: int = len(REGION_NAMES)) -> np.ndarray:
@@ -73,26 +75,44 @@ def region_motion(head: np.ndarray, labels: np.ndarray, n_regions: int = len(REG
     return out
 
 
-def active_regions(peak_mm: np.ndarray, fraction: float = TRUTH_RULE[0], floor_mm: float = TRUTH_RULE[1]) -> np.ndarray:
-    """(..., R) bool: regions moving at least ``fraction`` of the most-moving one and above ``floor_mm``."""
+def clip_noise_mm(peak_mm: np.ndarray) -> np.ndarray:
+    """(...,) mm: the clip's own noise floor, what its regions that do not move show. The lower
+    quartile of the regions' peak motion (..., R): a micro-expression moves one or a few regions,
+    so at least a quarter of them are still, and how far they seem to move is the clip's noise
+    (camera, codec, tracking), which an unfamiliar camera raises everywhere at once."""
+    return np.quantile(np.asarray(peak_mm, np.float64), 0.25, axis=-1)
+
+
+def active_regions(peak_mm: np.ndarray, fraction: float = TRUTH_RULE[0], floor_mm: float = TRUTH_RULE[1],
+                   noise_factor: float = 0.0) -> np.ndarray:
+    """(..., R) bool: regions moving at least ``fraction`` of the most-moving one, above ``floor_mm``
+    and above ``noise_factor`` times the clip's noise floor (:func:`clip_noise_mm`)."""
     peak_mm = np.asarray(peak_mm)
-    return (peak_mm >= fraction * peak_mm.max(-1, keepdims=True)) & (peak_mm >= floor_mm)
+    out = (peak_mm >= fraction * peak_mm.max(-1, keepdims=True)) & (peak_mm >= floor_mm)
+    if noise_factor > 0:
+        out &= peak_mm > noise_factor * clip_noise_mm(peak_mm)[..., None]
+    return out
 
 
-def calibrate_detection(peak_mm: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
-    """The (fraction, floor_mm) of :func:`active_regions` that calls ``truth`` (N, R) bool best
-    from a method's ``peak_mm`` (N, R), over DETECTION_FRACTIONS x DETECTION_FLOORS_MM; ties go to
-    the lower floor, then the lower fraction. A method's motion has its own noise floor, so the
-    truth's rule is not its best detector; calibrate on training clips, never on the held-out ones.
+def calibrate_detection(peak_mm: np.ndarray, truth: np.ndarray,
+                        noise_factors: tuple[float, ...] = (0.0,)) -> tuple[float, float, float]:
+    """The (fraction, floor_mm, noise_factor) of :func:`active_regions` that calls ``truth`` (N, R)
+    bool best from a method's ``peak_mm`` (N, R), over DETECTION_FRACTIONS x DETECTION_FLOORS_MM x
+    ``noise_factors``; ties go to the lower noise factor, then floor, then fraction. A method's
+    motion has its own noise floor, so the truth's rule is not its best detector; calibrate on
+    training clips, never on the held-out ones.
     """
-    best = max(((float((active_regions(peak_mm, f, m) == truth).mean()), -m, -f)
-                for m in DETECTION_FLOORS_MM for f in DETECTION_FRACTIONS))
-    return -best[2], -best[1]
+    best = max(((float((active_regions(peak_mm, f, m, k) == truth).mean()), -k, -m, -f)
+                for k in noise_factors for m in DETECTION_FLOORS_MM for f in DETECTION_FRACTIONS))
+    return -best[3], -best[2], -best[1]
 
 
-def region_detection(motion_mm: np.ndarray, names: tuple[str, ...], fraction: float, floor_mm: float) -> dict:
-    """The result file's ``region_detection``: the rule and the ``names`` of the regions it calls
-    active from the peak over frames of ``motion_mm`` (T, R) (:func:`region_motion`)."""
-    active = active_regions(np.asarray(motion_mm).max(0), fraction, floor_mm)
-    return {"fraction": float(fraction), "floor_mm": float(floor_mm),
-            "active": [n for n, a in zip(names, active) if a]}
+def region_detection(motion_mm: np.ndarray, names: tuple[str, ...], fraction: float, floor_mm: float,
+                     noise_factor: float = 0.0) -> dict:
+    """The result file's ``region_detection``: the rule, the clip's noise floor (mm) and the ``names``
+    of the regions it calls active from the peak over frames of ``motion_mm`` (T, R)
+    (:func:`region_motion`)."""
+    peak = np.asarray(motion_mm).max(0)
+    active = active_regions(peak, fraction, floor_mm, noise_factor)
+    return {"fraction": float(fraction), "floor_mm": float(floor_mm), "noise_factor": float(noise_factor),
+            "noise_mm": round(float(clip_noise_mm(peak)), 5), "active": [n for n, a in zip(names, active) if a]}

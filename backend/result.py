@@ -200,6 +200,7 @@ def check_meta(meta: Any, where: str = "result") -> None:
     det = meta.get("region_detection")
     if det is not None and not (
             isinstance(det, dict) and _is_number(det.get("fraction")) and _is_number(det.get("floor_mm"))
+            and all(_is_number(det[k]) for k in ("noise_factor", "noise_mm") if k in det)
             and isinstance(det.get("active"), list) and all(r in REGION_NAMES for r in det["active"])):
         raise bad("region_detection", "must be an object with fraction, floor_mm and active (a list of region names)")
 

@@ -27,7 +27,7 @@ COLUMNS = ("recovered_fraction", "motion_error_active_mm", "true_motion_active_m
 GOALS = "goals: recovered >= 0.60, invented <= 0.10 mm, region accuracy >= 0.90, jitter <= 0.05 mm"
 
 
-def calibrate(nets: dict, paths: list[Path], flame_model, layer) -> dict[str, tuple[float, float]]:
+def calibrate(nets: dict, paths: list[Path], flame_model, layer) -> dict[str, tuple[float, float, float]]:
     """Per method, the (fraction, floor_mm) region rule that detects best on the clips ``paths``."""
     from backend.calibrate import region_peaks
     from backend.dataset import load_sample
@@ -107,7 +107,7 @@ def main() -> int:
     detection = None
     if args.calibrate:
         detection = calibrate(nets, sorted(Path(args.calibrate).glob("clip_*.npz")), flame_model, layer)
-        for name, (fraction, floor) in detection.items():
+        for name, (fraction, floor, _) in detection.items():
             print(f"{name}: regions called active at >= {fraction:.2f} of the largest and >= {floor:.2f} mm")
     rows = clip_metrics(nets, samples, flame_model, layer, detection)
     print_table(means(rows), len(samples))
