@@ -3,4 +3,4 @@
 Importing this package does no work and imports neither torch nor OpenCV; each stage imports
 what it needs when it runs.
 """
-__version__ = "0.4.0"
+__version__ = "0.5.0"

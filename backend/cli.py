@@ -33,7 +33,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--assets", help="folder with FLAME_masks.pkl and the landmark embeddings (else $MICROFACE_ASSETS)")
     r.add_argument("--weights", help="trained network (else $MICROFACE_WEIGHTS, else the shipped weights/microface.pt)")
     r.add_argument("--no-refine", action="store_true",
-                   help="skip the learned modules: the static landmark fit only (the tracking baseline)")
+                   help="the static landmark fit only, without the flow reader or the network (the tracking baseline)")
+    r.add_argument("--network", action="store_true",
+                   help="also run the learned network: its mesh deformation on the reader's motion, or with "
+                   "--no-reader the whole DEM + DGMD")
     r.add_argument("--fan", help="FAN 68-point weights (2DFAN4 .zip) or their folder (else $MICROFACE_FAN_DIR, "
                    "else torch's hub cache; without them the 68 points come from the fitted mesh)")
     r.add_argument("--face-index", type=int, help="which face when several are visible: 0 = largest (default)")
@@ -42,8 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--drift-sigma", type=float, metavar="SECONDS",
                    help="the network's expression drift slower than this is taken from the landmark fit "
                    "(Gaussian sigma; default 0.5, 0 = off)")
-    r.add_argument("--no-photometric", action="store_true",
-                   help="skip the photometric refinement of the network's micro-expression from the frames' colours")
+    pg = r.add_mutually_exclusive_group()
+    pg.add_argument("--photometric", dest="photometric", action="store_true", default=None,
+                    help="correct the micro-expression from the frames' colours on ranges of at most 1 s (off by default)")
+    pg.add_argument("--no-photometric", dest="photometric", action="store_false", help="without it (the default)")
     r.add_argument("--photometric-weight", type=float, metavar="LAMBDA",
                    help="prior weight of the photometric refinement: larger trusts the network more (default 1000)")
     g = r.add_mutually_exclusive_group()
@@ -89,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         from .pipeline import reconstruct
 
         cfg = ReconstructConfig(device=args.device, flame=args.flame, assets=args.assets, weights=args.weights,
-                                refine=not args.no_refine)
+                                refine=args.network and not args.no_refine)
         cfg.video.start, cfg.video.end, cfg.video.fps = args.start, args.end, args.fps
         cfg.landmarks.face_index = args.face_index
         cfg.landmarks.fan = args.fan
@@ -97,11 +102,14 @@ def main(argv: list[str] | None = None) -> int:
             cfg.flow.method = args.flow
         if args.drift_sigma is not None:
             cfg.drift_sigma_s = args.drift_sigma
-        cfg.photometric.enabled = not args.no_photometric
+        if args.photometric is not None:
+            cfg.photometric.enabled = args.photometric
         if args.photometric_weight is not None:
             cfg.photometric.prior_weight = args.photometric_weight
         if args.reader is not None:
             cfg.reader.enabled = args.reader
+        if args.no_refine:
+            cfg.reader.enabled = False
         if args.reader_weight is not None:
             cfg.reader.prior_weight = args.reader_weight
         if args.iters:

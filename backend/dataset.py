@@ -356,20 +356,26 @@ def synthetic_name(seed: int) -> str:
     return f"clip_{int(seed):06d}.npz"
 
 
-def _render(spec: SyntheticSpec, model):
-    """generate() the spec; an ARKit-style model cannot reach some peaks with weights <= 1, so the
-    peak is lowered (x0.75, deterministically) until it can. Returns (SynthClip, peak_mm used)."""
-    from .synth import generate
-
+def with_reachable_peak(spec: SyntheticSpec, make):
+    """``make(spec)`` (a generate() or motion() of the spec); an ARKit-style model cannot reach some
+    peaks with weights <= 1, so the peak is lowered (x0.75, deterministically) until it can.
+    Returns (what ``make`` returned, peak_mm used)."""
     peak = spec.peak_mm
     for _ in range(12):
         try:
-            return generate(dataclasses.replace(spec, peak_mm=peak).synth_config(), model), peak
+            return make(dataclasses.replace(spec, peak_mm=peak)), peak
         except ValueError as exc:
             if "weights above 1" not in str(exc):
                 raise
             peak *= 0.75
     raise ValueError(f"seed {spec.seed}: no reachable peak for regions {spec.regions}")
+
+
+def _render(spec: SyntheticSpec, model):
+    """generate() the spec at a reachable peak (:func:`with_reachable_peak`): (SynthClip, peak_mm used)."""
+    from .synth import generate
+
+    return with_reachable_peak(spec, lambda s: generate(s.synth_config(), model))
 
 
 def truth_arrays(clip) -> dict[str, np.ndarray]:

@@ -89,14 +89,15 @@ def residual_and_jacobian(maps: list[torch.Tensor], px: torch.Tensor, jac_px: to
     return res, jac.reshape(len(res), -1)
 
 
-def schur_terms(res: torch.Tensor, jp: torch.Tensor, je: torch.Tensor, huber: float):
+def schur_terms(res: torch.Tensor, jp: torch.Tensor, je: torch.Tensor, huber: float, min_scale: float = 0.0):
     """One frame's Huber-weighted Gauss-Newton terms for the shared unknowns (columns of jp), with the
     frame's own nuisances (columns of je) eliminated by their Schur complement.
 
-    ``huber`` is the robust scale in MADs of the residual. Returns (hessian, gradient) of the shared
+    ``huber`` is the robust scale in MADs of the residual, at least ``min_scale`` (residual units:
+    where most residuals are exactly 0, as between a frame and its own copy, the MAD is 0). Returns (hessian, gradient) of the shared
     unknowns and ``back(step)``, the nuisances' step that goes with the shared unknowns' ``step``.
     """
-    scale = huber * 1.4826 * res.abs().median()
+    scale = (huber * 1.4826 * res.abs().median()).clamp_min(min_scale)
     w = (scale / res.abs().clamp_min(1e-9)).clamp(max=1.0)[:, None] / len(res)
     hee_inv = torch.linalg.inv((je * w).T @ je + 1e-12 * torch.eye(je.shape[1], dtype=je.dtype))
     hpe, ge = (jp * w).T @ je, (je * w).T @ res

@@ -113,6 +113,23 @@ def run_frontend(clip: Clip, lms: Landmarks, model, cfg: ReconstructConfig, devi
     return Frontend(clip, lms, alignment, flow, fit)
 
 
+def read_motion(fe: Frontend, model, cfg: ReconstructConfig, progress: Progress | None = None,
+                timings: dict | None = None):
+    """The flow reader on a processed clip (backend/flow_reader.py): flow from anchor frames
+    every ``cfg.reader.anchor_every_s`` seconds, then the read. Returns its FlowReading."""
+    from .flow import aligned_flow, anchor_pairs
+    from .flow_reader import read_flow
+
+    timings = {} if timings is None else timings
+    clip, fit = fe.clip, fe.fit
+    pairs = anchor_pairs(len(clip.frames), max(1, round(cfg.reader.anchor_every_s * clip.fps)))
+    report = None if progress is None else (lambda _, done, total: progress("reader_flow", done, total))
+    anchored = _timed(timings, "reader_flow", aligned_flow, clip.frames, fe.alignment, cfg.flow, report, pairs)
+    return _timed(timings, "reader", read_flow, model, anchored, fe.alignment.transforms, fit.intrinsics,
+                  (clip.width, clip.height), fit.shape, fit.expr, fit.pose, fit.trans, fe.landmarks.valid, clip.fps,
+                  fe.alignment.size, cfg.reader, pairs)
+
+
 def network_inputs(fe: Frontend) -> dict[str, np.ndarray]:
     """The network's inputs in the training-sample layout (docs/learned_modules.md), in SOURCE
     pixels (a decode downscale undone), without the crops: flow pooled to 112, align, intrinsics,
@@ -171,15 +188,7 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
     drift = cfg.drift_sigma_s * clip.fps
     reading = None
     if cfg.reader.enabled:
-        from .flow import aligned_flow, anchor_pairs
-        from .flow_reader import read_flow
-
-        pairs = anchor_pairs(len(clip.frames), max(1, round(cfg.reader.anchor_every_s * clip.fps)))
-        anchored = _timed(timings, "reader_flow", aligned_flow, clip.frames, fe.alignment, cfg.flow,
-                          lambda _, done, total: progress("reader_flow", done, total), pairs)
-        reading = _timed(timings, "reader", read_flow, model, anchored, fe.alignment.transforms, fit.intrinsics,
-                         (clip.width, clip.height), fit.shape, fit.expr, fit.pose, fit.trans, lms.valid, clip.fps,
-                         fe.alignment.size, cfg.reader, pairs)
+        reading = read_motion(fe, model, cfg, progress, timings)
         reader_info = {"points": reading.points, "residual_px": round(reading.residual_px, 4),
                        "patterns": int(len(reading.patterns)), "prior_weight": float(cfg.reader.prior_weight)}
     refined = None

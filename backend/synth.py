@@ -239,15 +239,55 @@ def outside_span_fraction(model: FlameModel, field: np.ndarray) -> float:
     return float(np.linalg.norm(f - e @ coef) / max(np.linalg.norm(f), 1e-30))
 
 
-def generate(cfg: SynthConfig | None = None, model: FlameModel | None = None) -> SynthClip:
-    """Render a synthetic micro-expression clip and return it with its ground truth."""
+@dataclass
+class SynthMotion:
+    """A clip's motion and truth without its pixels: what :func:`generate` renders.
+
+    Another renderer can draw these vertices (camera space, with ``intrinsics``) and keep the same
+    truth. ``vertices*`` are float64 here; :class:`SynthClip` stores them as float32.
+    """
+
+    fps: float
+    intrinsics: np.ndarray        # (3,) f, cx, cy pixels
+    width: int
+    height: int
+    faces: np.ndarray             # (F, 3) int64
+    shape: np.ndarray             # (n_shape,)
+    neutral: np.ndarray           # (V, 3) metres head space: this identity at rest
+    expr: np.ndarray              # (T, n_expr)
+    pose: np.ndarray              # (T, 3*J)
+    trans: np.ndarray             # (T, 3) metres
+    vertices: np.ndarray          # (T, V, 3) float64 metres camera space, including the off-basis field
+    vertices_basis: np.ndarray    # (T, V, 3) float64 metres camera space, FLAME output only
+    vertices_head: np.ndarray     # (T, V, 3) float64 metres head space, including off-basis
+    profile: np.ndarray           # (T,)
+    onset: int
+    apex: int
+    offset: int
+    requested_regions: list[str]
+    active_regions: list[str]
+    components: list[str]
+    off_basis_field: np.ndarray   # (V, 3) float64 metres head space at the apex
+    off_basis_outside_fraction: float
+    model_id: str
+    config: SynthConfig
+
+
+def _streams(seed: int) -> dict[str, np.random.Generator]:
+    # Independent streams, so changing one setting does not reshuffle the others.
+    return {name: np.random.default_rng([seed, i]) for i, name in enumerate(
+        ("identity", "expression", "offbasis", "jitter", "light", "texture", "background", "noise"))}
+
+
+def motion(cfg: SynthConfig | None = None, model: FlameModel | None = None) -> SynthMotion:
+    """The motion and ground truth of ``cfg``'s clip (identity, expression, off-basis field, rigid
+    head motion), everything :func:`generate` draws before lighting and rendering. It uses only the
+    seed's identity, expression, offbasis and jitter streams."""
     cfg = cfg or SynthConfig()
     model = model or load_flame()
     spec = cfg.micro
     t_count = cfg.n_frames
-    # Independent streams, so changing one setting does not reshuffle the others.
-    streams = {name: np.random.default_rng([cfg.seed, i]) for i, name in enumerate(
-        ("identity", "expression", "offbasis", "jitter", "light", "texture", "background", "noise"))}
+    streams = _streams(cfg.seed)
 
     onset = spec.onset if spec.onset is not None else t_count // 3
     apex = spec.apex if spec.apex is not None else t_count // 2
@@ -291,23 +331,38 @@ def generate(cfg: SynthConfig | None = None, model: FlameModel | None = None) ->
     verts_head = head_basis.numpy() + off
 
     # Which regions actually move: mean apex displacement relative to onset, per region.
-    motion = np.linalg.norm(verts_head[apex] - verts_head[onset], axis=1)
-    means = np.array([motion[model.region_labels == r].mean() for r in range(len(model.region_names))])
+    moved = np.linalg.norm(verts_head[apex] - verts_head[onset], axis=1)
+    means = np.array([moved[model.region_labels == r].mean() for r in range(len(model.region_names))])
     active = [n for n, m in zip(model.region_names, means) if m >= _ACTIVE_FRACTION * means.max()]
-
-    light_dir, light_int = _lighting(cfg, streams["light"])
-    frames = _render_frames(cfg, model, neutral, verts, light_dir, light_int, streams)
-    return SynthClip(
-        frames=frames, fps=float(cfg.fps), intrinsics=_intrinsics(cfg), width=cfg.width, height=cfg.height,
-        faces=model.faces.copy(), shape=shape, expr=expr, pose=pose, trans=trans,
-        vertices=verts.astype(np.float32), vertices_basis=verts_basis.astype(np.float32),
-        vertices_head=verts_head.astype(np.float32), profile=profile, onset=onset, apex=apex, offset=offset,
-        requested_regions=regions, active_regions=active,
+    return SynthMotion(
+        fps=float(cfg.fps), intrinsics=_intrinsics(cfg), width=cfg.width, height=cfg.height,
+        faces=model.faces.copy(), shape=shape, neutral=neutral, expr=expr, pose=pose, trans=trans,
+        vertices=verts, vertices_basis=verts_basis, vertices_head=verts_head, profile=profile,
+        onset=onset, apex=apex, offset=offset, requested_regions=regions, active_regions=active,
         components=[model.expression_names[i] for i in np.flatnonzero(np.abs(coef) > 0)],
-        off_basis_field=field_apex.astype(np.float32),
+        off_basis_field=field_apex,
         off_basis_outside_fraction=outside_span_fraction(model, field_apex) if cfg.off_basis_mm > 0 else 0.0,
+        model_id=model.model_id, config=cfg)
+
+
+def generate(cfg: SynthConfig | None = None, model: FlameModel | None = None) -> SynthClip:
+    """Render a synthetic micro-expression clip and return it with its ground truth."""
+    cfg = cfg or SynthConfig()
+    model = model or load_flame()
+    m = motion(cfg, model)
+    streams = _streams(cfg.seed)
+    light_dir, light_int = _lighting(cfg, streams["light"])
+    frames = _render_frames(cfg, model, m.neutral, m.vertices, light_dir, light_int, streams)
+    return SynthClip(
+        frames=frames, fps=m.fps, intrinsics=m.intrinsics, width=m.width, height=m.height,
+        faces=m.faces, shape=m.shape, expr=m.expr, pose=m.pose, trans=m.trans,
+        vertices=m.vertices.astype(np.float32), vertices_basis=m.vertices_basis.astype(np.float32),
+        vertices_head=m.vertices_head.astype(np.float32), profile=m.profile, onset=m.onset, apex=m.apex,
+        offset=m.offset, requested_regions=m.requested_regions, active_regions=m.active_regions,
+        components=m.components, off_basis_field=m.off_basis_field.astype(np.float32),
+        off_basis_outside_fraction=m.off_basis_outside_fraction,
         light_direction=light_dir, light_intensity=light_int,
-        model_id=model.model_id, config=cfg,
+        model_id=m.model_id, config=cfg,
     )
 
 

@@ -22,7 +22,8 @@ active error (mm), invented motion in the still regions (mm), region call accura
 own ``meta.region_detection`` against the truth; "-" when the result has none), jitter before the
 onset (mm; "-" for injected, whose difference is 0 there by construction), and the correlation of
 predicted and true motion in the active regions (cosine over vertices and frames: a scale-free
-check of direction). Results are cached under --runs, keyed by the method's flags and a hash of
+check of direction). ``--ceiling`` adds the pixel oracle of bench_pixel_ceiling.py run on each
+family's own clips (it knows the true head, rigid motion and profile). Results are cached under --runs, keyed by the method's flags and a hash of
 the backend's code and weights, so a rerun after a change recomputes only what changed.
 """
 from __future__ import annotations
@@ -50,16 +51,17 @@ class Method:
 
 
 METHODS = {
-    "fit": Method(("--no-refine", "--no-reader")),
-    "reader": Method(("--no-refine", "--reader", "--no-photometric")),
-    "reader + photometric": Method(("--no-refine", "--reader")),
-    "DEM": Method(("--no-reader", "--no-photometric"), "vertices_init"),
-    "network": Method(("--no-reader", "--no-photometric")),
-    "network + photometric": Method(("--no-reader",)),
-    "reader + DGMD": Method(("--reader", "--no-photometric")),
+    "fit": Method(("--no-refine",)),
+    "reader": Method(("--reader",)),
+    "reader + photometric": Method(("--reader", "--photometric")),
+    "reader + DGMD": Method(("--reader", "--network")),
+    "DEM": Method(("--network", "--no-reader"), "vertices_init"),
+    "network": Method(("--network", "--no-reader")),
+    "network + photometric (0.4.0's product)": Method(("--network", "--no-reader", "--photometric")),
     "product (defaults)": Method(()),
 }
-DEFAULT_METHODS = ("fit", "network + photometric", "reader", "reader + photometric", "product (defaults)")
+DEFAULT_METHODS = ("fit", "network + photometric (0.4.0's product)", "reader")
+CEILING_LAMBDAS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0, 1000.0)   # the oracle's prior weights
 COLUMNS = ("recovered", "active error", "invented, still", "region call", "jitter before onset", "correlation")
 
 
@@ -147,13 +149,44 @@ def score(clip: FamilyClip, method: Method, layer, runs: Path, fresh: bool) -> d
             "correlation": correlation(head, true, active, clip.onset, clip.offset)}
 
 
+def pixel_ceiling(clips: list[FamilyClip], layer) -> tuple[float, dict[str, float]]:
+    """The pixel oracle of benchmarks/bench_pixel_ceiling.py on each clip that records its head's
+    parameters: it knows the true head, its rigid motion and the temporal profile, and reads one
+    apex change of expression and jaw from the clip's decoded frames (an injected clip's frames
+    against its original's). Returns (the oracle's best
+    prior weight on the family's mean recovered share, the mean metrics there)."""
+    from benchmarks.bench_pixel_ceiling import PixelTruth, read_pixels
+    from backend.config import VideoConfig
+    from backend.flame import FlameLayer
+    from backend.video import read_clip
+
+    model = layer.model
+    layer64 = FlameLayer(model).double()
+    rows = []
+    for c in clips:
+        if not c.params:
+            continue
+        decode = lambda p: read_clip(p, VideoConfig(fps=c.fps, max_side=100000)).frames  # noqa: E731
+        frames = decode(c.video_path)
+        reference = decode(c.reference_path) if c.reference_path is not None else None
+        truth = PixelTruth.of_family_clip(c, frames.shape[2], frames.shape[1])
+        rows.append(read_pixels(truth, frames, model, layer64, reference, CEILING_LAMBDAS))
+    if not rows:
+        return float("nan"), {}
+    lam = max(CEILING_LAMBDAS, key=lambda x: np.mean([r[x].recovered_fraction for r in rows]))
+    keys = {"recovered": "recovered_fraction", "active error": "motion_error_active_mm",
+            "invented, still": "invented_still_mm"}
+    return lam, {k: float(np.mean([getattr(r[lam], v) for r in rows])) for k, v in keys.items()} | {"clips": len(rows)}
+
+
 def _fmt(v: float, unit: str = "") -> str:
     return "-" if not np.isfinite(v) else f"{v:.3f}{unit}"
 
 
-def print_family(family: str, clips: list[FamilyClip], table: dict[str, list[dict]], per_clip: bool) -> None:
+def print_family(family: str, clips: list[FamilyClip], table: dict[str, list[dict]], per_clip: bool,
+                 ceiling: tuple[float, dict] | None = None) -> None:
     true = np.mean([r["true motion"] for r in next(iter(table.values()))])
-    print(f"\n## {family}: {len(clips)} held-out clips (true motion in the active regions {true:.3f} mm)")
+    print(f"\n## {family}: {len(clips)} clips (true motion in the active regions {true:.3f} mm)")
     print("| method | " + " | ".join(COLUMNS) + " |")
     print("|---|" + "---|" * len(COLUMNS))
     for name, rows in table.items():
@@ -163,6 +196,10 @@ def print_family(family: str, clips: list[FamilyClip], table: dict[str, list[dic
             mean = float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
             cells.append(_fmt(mean, " mm" if c in ("active error", "invented, still", "jitter before onset") else ""))
         print(f"| {name} | " + " | ".join(cells) + " |")
+    if ceiling and ceiling[1]:
+        lam, c = ceiling
+        print(f"| pixel oracle (true head, rigid motion and profile; λ {lam:g}; {c['clips']} clips) | "
+              f"{c['recovered']:.3f} | {c['active error']:.3f} mm | {c['invented, still']:.3f} mm | - | - | - |")
     if per_clip:
         print("\nper clip, recovered share: | clip | " + " | ".join(table) + " |")
         for i, c in enumerate(clips):
@@ -179,6 +216,7 @@ def main() -> int:
     ap.add_argument("--limit", type=int, default=0, help="at most this many clips per family")
     ap.add_argument("--per-clip", action="store_true")
     ap.add_argument("--fresh", action="store_true", help="reconstruct again even when a cached result exists")
+    ap.add_argument("--ceiling", action="store_true", help="also the pixel oracle's ceiling per family")
     args = ap.parse_args()
 
     from backend.flame import FlameLayer, load_flame
@@ -194,7 +232,7 @@ def main() -> int:
             print(f"\n## {family}: no clips under {Path(args.data) / family} (see the module docstring)")
             continue
         table = {m: [score(c, METHODS[m], layer, Path(args.runs), args.fresh) for c in clips] for m in methods}
-        print_family(family, clips, table, args.per_clip)
+        print_family(family, clips, table, args.per_clip, pixel_ceiling(clips, layer) if args.ceiling else None)
     return 0
 
 

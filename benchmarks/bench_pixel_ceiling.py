@@ -30,6 +30,7 @@ import argparse
 import dataclasses
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 LAMBDAS = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
 ITERATIONS = 4
 HUBER = 3.0                     # robust scale, in MADs of the residual
+MIN_SCALE = 0.5                 # ... at least half a grey level (an injected clip equals its original off the face)
 _CLEAN = {"noise_std": 0.0, "light_direction_drift_deg": 0.0, "light_intensity_drift": 0.0}
 _LARGE = {"width": 1024, "height": 1024, "texture_size": 2048}
 # name: (SyntheticSpec changes, mp4 round trip, every captured frame)
@@ -69,13 +71,55 @@ def mp4_round_trip(clip) -> np.ndarray:
         return read_clip(write_video(clip, Path(tmp) / "clip.mp4"), min_frames=1).frames
 
 
-def read_pixels(clip, frames: np.ndarray, model, layer) -> dict[float, object]:
-    """backend.evaluate Metrics of the oracle reader (module docstring) per prior weight λ."""
+@dataclass
+class PixelTruth:
+    """What the oracle is given: the true head (FLAME parameters without the off-basis bump, and the
+    true camera-space and head-space meshes (T, V, 3) m), the camera, the profile and the timing."""
+
+    shape: np.ndarray
+    expr: np.ndarray
+    pose: np.ndarray
+    trans: np.ndarray
+    intrinsics: np.ndarray
+    width: int
+    height: int
+    profile: np.ndarray
+    onset: int
+    offset: int
+    active_regions: list
+    gt_cam: np.ndarray
+    gt_head: np.ndarray
+    base_expr: np.ndarray | None = None   # (T, n) the expression without the micro-expression; None: the onset's
+
+    @classmethod
+    def of_synth_clip(cls, clip, layer) -> "PixelTruth":
+        from backend.dataset import gt_vertices, truth_arrays
+
+        gt_cam, gt_head = gt_vertices(truth_arrays(clip), layer)
+        return cls(clip.shape, clip.expr, clip.pose, clip.trans, clip.intrinsics, clip.width, clip.height,
+                   clip.profile, clip.onset, clip.offset, list(clip.active_regions), gt_cam, gt_head)
+
+    @classmethod
+    def of_family_clip(cls, clip, width: int, height: int) -> "PixelTruth":
+        """A benchmarks.families clip that records its head's parameters (``clip.params``)."""
+        p = clip.params
+        return cls(p["shape"], p["expr"], p["pose"], p["trans"], clip.intrinsics, width, height, clip.profile,
+                   clip.onset, clip.offset, clip.active_regions, clip.vertices_cam, clip.motion_head,
+                   p.get("expr_base"))
+
+
+def read_pixels(clip: PixelTruth, frames: np.ndarray, model, layer, reference: np.ndarray | None = None,
+                lambdas: tuple[float, ...] = LAMBDAS) -> dict[float, object]:
+    """backend.evaluate Metrics of the oracle reader (module docstring) per prior weight λ.
+
+    With ``reference`` (T, H, W, 3), the same frames without the micro-expression (the injected
+    family's original window), each frame's colours come from the reference frame at the head
+    without the micro-expression (``clip.base_expr``) instead of from the onset frame: the oracle
+    then reads only what was added, not the footage's own motion."""
     import torch
     from torch.func import jacfwd
 
     from backend.camera import project
-    from backend.dataset import gt_vertices, truth_arrays
     from backend.evaluate import micro_metrics
     from backend.flame import axis_angle_to_matrix
     from backend.losses import vertex_visibility
@@ -83,7 +127,7 @@ def read_pixels(clip, frames: np.ndarray, model, layer) -> dict[float, object]:
                                      residual_and_jacobian, sample_image, schur_terms)
 
     f64 = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float64)  # noqa: E731
-    gt_cam, gt_head = gt_vertices(truth_arrays(clip), layer)
+    gt_cam, gt_head = np.asarray(clip.gt_cam, np.float64), np.asarray(clip.gt_head, np.float64)
     onset, offset, labels = clip.onset, clip.offset, model.region_labels
     shape, expr, pose, trans, intr = (f64(a) for a in (clip.shape, clip.expr, clip.pose, clip.trans, clip.intrinsics))
     jaw, n = model.jaw_pose_slice(), expr.shape[1]
@@ -107,9 +151,9 @@ def read_pixels(clip, frames: np.ndarray, model, layer) -> dict[float, object]:
     frames_t = list(range(onset + 1, offset + 1))
     still_pose = pose[frames_t].clone()
     still_pose[:, jaw] = pose[onset, jaw]
+    base = expr[onset][None].expand(len(frames_t), -1) if clip.base_expr is None else f64(clip.base_expr)[frames_t]
     with torch.no_grad():
-        x0 = layer(shape[None].expand(len(frames_t), -1), expr[onset][None].expand(len(frames_t), -1),
-                   still_pose, trans[frames_t])[0]                             # (F, V, 3) the head at ψ0
+        x0 = layer(shape[None].expand(len(frames_t), -1), base, still_pose, trans[frames_t])[0]   # (F, V, 3) at ψ0
     rot = axis_angle_to_matrix(pose[frames_t, :3])
     prof = f64(clip.profile)[frames_t]
 
@@ -117,21 +161,22 @@ def read_pixels(clip, frames: np.ndarray, model, layer) -> dict[float, object]:
         x_on = layer(shape[None], expr[onset][None], pose[onset][None], trans[onset][None])[0][0]
         template = sample_image(image_and_gradients(frames[onset])[0], project(points(x_on), intr))    # (N, 3)
         n_psi = psi0.numel()
-        gain_bias = gain_bias_jacobian(template)
         per_frame = []
         for i, t in enumerate(frames_t):
             x = points(x0[i])
             moves = points(torch.einsum("ij,vjp->vip", rot[i], jac_head))       # (N, 3, P) camera m per ψ
-            per_frame.append((project(x, intr), pixel_jacobian(x, intr) @ moves * prof[i], image_and_gradients(frames[t])))
+            own = template if reference is None else sample_image(image_and_gradients(reference[t])[0], project(x, intr))
+            per_frame.append((project(x, intr), pixel_jacobian(x, intr) @ moves * prof[i], image_and_gradients(frames[t]),
+                              own, gain_bias_jacobian(own)))
 
         out = {}
-        for lam in LAMBDAS:
+        for lam in lambdas:
             psi = torch.zeros(n_psi, dtype=torch.float64)
             for _ in range(ITERATIONS):
                 hess, grad = lam * prior, lam * prior @ psi
-                for px0, jac_px, maps in per_frame:
-                    res, jp = residual_and_jacobian(maps, px0 + jac_px @ psi, jac_px, template)
-                    h, g, _ = schur_terms(res, jp, gain_bias, HUBER)
+                for px0, jac_px, maps, own, own_gain_bias in per_frame:
+                    res, jp = residual_and_jacobian(maps, px0 + jac_px @ psi, jac_px, own)
+                    h, g, _ = schur_terms(res, jp, own_gain_bias, HUBER, MIN_SCALE)
                     hess, grad = hess + h, grad + g
                 psi = psi - torch.linalg.solve(hess, grad)
             pred = gt_head[onset][None] + torch.einsum("vcp,t,p->tvc", jac_head, f64(clip.profile), psi).numpy()
@@ -164,7 +209,8 @@ def main() -> int:
         for seed in range(args.seed0, args.seed0 + args.limit):
             spec = dataclasses.replace(draw_synthetic_spec(seed), **changes)
             clip, _ = _render(full_rate(spec) if every_frame else spec, model)
-            rows.append(read_pixels(clip, mp4_round_trip(clip) if mp4 else clip.frames, model, layer))
+            rows.append(read_pixels(PixelTruth.of_synth_clip(clip, layer), mp4_round_trip(clip) if mp4 else clip.frames,
+                                    model, layer))
 
         def col(lam, key):
             return np.array([getattr(r[lam], key) for r in rows])

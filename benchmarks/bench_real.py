@@ -1,6 +1,7 @@
 """Real clips (no ground truth): fit only vs DEM only vs the full model, without and with the
 photometric refinement (backend/photometric.py), which is forced here onto the whole range (the
-pipeline runs it only on ranges of at most PhotometricConfig.max_seconds).
+pipeline runs it only on ranges of at most PhotometricConfig.max_seconds), and the flow reader
+(backend/flow_reader.py) on the fit.
 
     .venv/bin/python benchmarks/bench_real.py [VIDEO ...] [--end N] [--weights PATH]
 
@@ -75,8 +76,8 @@ def run_clip(video: str, net, model, end: int | None) -> tuple[dict, dict]:
     from backend.flame import FlameLayer, head_space
     from backend.landmarks import detect_landmarks
     from backend.photometric import refine_photometric
-    from backend.pipeline import network_inputs, run_frontend
-    from backend.refine import refine_sample
+    from backend.pipeline import network_inputs, read_motion, run_frontend
+    from backend.refine import parametric_meshes, refine_sample
     from backend.video import read_clip
 
     cfg = ReconstructConfig()
@@ -90,6 +91,8 @@ def run_clip(video: str, net, model, end: int | None) -> tuple[dict, dict]:
     rp, _ = refine_photometric(clip.frames, r, model, fe.fit.shape, fe.fit.trans, fe.fit.intrinsics,
                                inputs["valid"], cfg.photometric)
     seconds = time.perf_counter() - t0
+    reading = read_motion(fe, model, cfg)
+    rd = parametric_meshes(model, fe.fit, reading.expr, reading.pose, clip.frame_indices, cfg.drift_sigma_s * clip.fps)
     good = lms.valid & ~lms.occluded & ~lms.outlier
     still = still_pairs(fe.flow, good)
     fit_head = head_space(FlameLayer(model), fe.fit.shape, fe.fit.expr, fe.fit.pose)
@@ -98,6 +101,7 @@ def run_clip(video: str, net, model, end: int | None) -> tuple[dict, dict]:
         "DEM only": metrics(fe, inputs, r["vertices_init"], r["vertices_init_head"], model, good, still),
         "full": metrics(fe, inputs, r["vertices"], r["vertices_head"], model, good, still),
         "full + photometric": metrics(fe, inputs, rp["vertices"], rp["vertices_head"], model, good, still),
+        "flow reader": metrics(fe, inputs, rd["vertices"], rd["vertices_head"], model, good, still),
     }
     info = {"frames": len(good), "good": int(good.sum()), "still_pairs": int(still.sum()), "photometric_s": seconds}
     return rows, info

@@ -7,8 +7,10 @@ Each clip's frontend (decode, landmarks, alignment, flow, fit) runs once, throug
 own functions with its defaults; then every reader setting of the grid reads it and is scored
 like benchmarks/bench_heldout.py (head-space motion against the truth, onset..offset; injected
 clips as warped minus original). Prints mean recovered share, invented still motion, jitter and
-correlation per family and setting, and the setting with the best mean recovered share over the
-families whose invented motion stays at or under the fit's.
+correlation per family and setting, the setting with the best mean recovered share over the
+families whose invented motion stays at or under the fit's, and the region rule
+(backend.regions.calibrate_detection) that calls these clips' regions best from that setting's
+motion, as the product calls them (peak over the whole range of the video's own result).
 """
 from __future__ import annotations
 
@@ -28,9 +30,8 @@ from benchmarks.families import FAMILIES, FamilyClip, family_clips  # noqa: E402
 
 
 def frontend(video: Path, clip: FamilyClip, model):
-    """(Frontend, anchored flow pairs, their flows) of one video under the pipeline's defaults."""
+    """The pipeline's Frontend of one video under its defaults (the clip's fps and focal)."""
     from backend.config import ReconstructConfig
-    from backend.flow import aligned_flow, anchor_pairs
     from backend.landmarks import detect_landmarks
     from backend.pipeline import run_frontend
     from backend.video import read_clip
@@ -39,24 +40,24 @@ def frontend(video: Path, clip: FamilyClip, model):
     cfg.video.fps = clip.fps
     cfg.fit.focal = clip.focal or None
     c = read_clip(video, cfg.video)
-    fe = run_frontend(c, detect_landmarks(c, cfg.landmarks), model, cfg)
-    pairs = anchor_pairs(len(c.frames), max(1, round(cfg.reader.anchor_every_s * c.fps)))
-    return fe, pairs, aligned_flow(c.frames, fe.alignment, cfg.flow, None, pairs)
+    return run_frontend(c, detect_landmarks(c, cfg.landmarks), model, cfg)
 
 
-def read_head(fe, pairs, flows, model, cfg) -> np.ndarray:
-    """Head-space meshes (T, V, 3) of the reader's motion under ``cfg`` (a ReaderConfig); None = the fit."""
+def read_head(fe, model, reader) -> np.ndarray:
+    """Head-space meshes (T, V, 3) of the reader's motion under ``reader`` (a ReaderConfig, drift
+    corrected as the pipeline does); None = the fit."""
+    from backend.config import ReconstructConfig
     from backend.flame import FlameLayer, head_space
-    from backend.flow_reader import read_flow
+    from backend.pipeline import read_motion
+    from backend.refine import parametric_meshes
 
     fit = fe.fit
-    expr, pose = fit.expr, fit.pose
-    if cfg is not None:
-        r = read_flow(model, flows, fe.alignment.transforms, fit.intrinsics, (fe.clip.width, fe.clip.height),
-                      fit.shape, fit.expr, fit.pose, fit.trans, fe.landmarks.valid, fe.clip.fps, fe.alignment.size,
-                      cfg, pairs)
-        expr, pose = r.expr, r.pose
-    return head_space(FlameLayer(model), fit.shape, expr, pose).astype(np.float64)
+    if reader is None:
+        return head_space(FlameLayer(model), fit.shape, fit.expr, fit.pose).astype(np.float64)
+    cfg = ReconstructConfig(device="cpu", reader=reader)
+    r = read_motion(fe, model, cfg)
+    meshes = parametric_meshes(model, fit, r.expr, r.pose, fe.clip.frame_indices, cfg.drift_sigma_s * fe.clip.fps)
+    return meshes["vertices_head"].astype(np.float64)
 
 
 def main() -> int:
@@ -71,8 +72,9 @@ def main() -> int:
     import torch
 
     from backend.config import ReaderConfig
-    from backend.evaluate import micro_metrics
+    from backend.evaluate import micro_metrics, region_truth
     from backend.flame import load_flame
+    from backend.regions import NOISE_FACTORS, active_regions, calibrate_detection, region_motion
 
     torch.set_num_threads(1)
     model = load_flame()
@@ -80,6 +82,8 @@ def main() -> int:
             for k, vals in (item.split("=") for item in args.grid.split(";"))]
     settings = [None] + [dict(zip([a[0] for a in axes], combo)) for combo in itertools.product(*[a[1] for a in axes])]
     table: dict[str, dict[str, list]] = {}
+    peaks: dict[str, list] = {}
+    truth: dict[str, list] = {}
     for family in args.family.split(","):
         clips = family_clips(args.data, family)[: args.limit or None]
         for clip in clips:
@@ -87,13 +91,16 @@ def main() -> int:
             active = np.isin(model.region_labels, [model.region_names.index(r) for r in clip.active_regions])
             for s in settings:
                 cfg = None if s is None else dataclasses.replace(ReaderConfig(), **s)
-                heads = [read_head(*f, model, cfg) for f in fronts]
+                heads = [read_head(f, model, cfg) for f in fronts]
                 head = heads[0] - heads[1] if len(heads) == 2 else heads[0]
                 m = micro_metrics(head, head, head, clip.motion_head.astype(np.float64), model.region_labels,
                                   model.region_names, clip.active_regions, clip.onset, clip.offset)
                 row = (m.recovered_fraction, m.invented_still_mm, m.jitter_pre_onset_mm,
                        correlation(head, clip.motion_head, active, clip.onset, clip.offset))
                 table.setdefault(family, {}).setdefault(str(s or "fit"), []).append(row)
+                # What the product's region call sees: the video's own motion, peak over the range.
+                peaks.setdefault(str(s or "fit"), []).append(region_motion(heads[0], model.region_labels).max(0))
+                truth.setdefault(str(s or "fit"), []).append(region_truth(clip.active_regions, model.region_names))
             print(f"{family} {clip.name} done", file=sys.stderr, flush=True)
     for family, rows in table.items():
         print(f"\n## {family} (training clips: {len(next(iter(rows.values())))})")
@@ -107,6 +114,12 @@ def main() -> int:
     best = max(ok or names[1:], key=lambda n: np.mean([np.mean([r[0] for r in table[f][n]]) for f in table]))
     print(f"\nbest on the mean recovered share over {', '.join(table)}"
           f"{'' if ok else ' (none keeps invented motion at the fit level)'}: {best}")
+    for name in ("fit", best):
+        p, t = np.array(peaks[name]), np.array(truth[name])
+        rule = calibrate_detection(p, t, NOISE_FACTORS)
+        print(f"{name}: region rule (fraction, floor_mm, noise_factor) {rule}, accuracy on these clips "
+              f"{(active_regions(p, *rule) == t).mean():.3f} (the default RegionCallConfig: "
+              f"{(active_regions(p, 0.35, 0.05, 2.0) == t).mean():.3f})")
     return 0
 
 

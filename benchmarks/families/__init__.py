@@ -21,12 +21,18 @@ A clip folder holds its video file(s) and ``clip.npz`` (loads with ``allow_pickl
 | ``active_regions`` | (k,) str | backend.regions names that truly move |
 | ``peak_mm`` | float | the expression's peak displacement |
 | ``info`` | str | JSON: how the clip was made (seed, renderer, codec, resolution, source window...) |
+| ``param_shape``, ``param_expr``, ``param_pose``, ``param_trans`` | (n_shape,), (T, n), (T, 3J), (T, 3) | optional: the FLAME parameters of the moved head in ``vertices_cam`` (without its off-basis bump), for the pixel oracle's linearisation |
+| ``param_expr_base`` | (T, n) | optional: the expression without the added micro-expression (injected: the fit's) |
 """
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -51,6 +57,7 @@ class FamilyClip:
     reference: str = ""
     focal: float = 0.0
     info: dict = field(default_factory=dict)
+    params: dict = field(default_factory=dict)     # shape, expr, pose, trans of vertices_cam's head, if known
 
     @property
     def name(self) -> str:
@@ -63,6 +70,27 @@ class FamilyClip:
     @property
     def reference_path(self) -> Path | None:
         return self.folder / self.reference if self.reference else None
+
+
+@contextmanager
+def new_clip_folder(final: Path) -> Iterator[Path]:
+    """A temporary sibling of ``final`` to make a clip in: renamed to ``final`` when the block
+    finishes (replacing it), removed when it raises, so a killed run never leaves half a clip.
+    Temporary folders a killed run left for the same name are removed first."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".{final.name}.*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        yield tmp
+        tmp.chmod(0o755)                       # mkdtemp makes 0700
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
 
 
 def save_clip(clip: FamilyClip) -> Path:
@@ -78,6 +106,7 @@ def save_clip(clip: FamilyClip) -> Path:
         "intrinsics": np.asarray(clip.intrinsics, np.float64), "profile": np.asarray(clip.profile, np.float64),
         "active_regions": np.array(list(clip.active_regions), dtype=str), "peak_mm": np.float64(clip.peak_mm),
         "info": np.array(json.dumps(clip.info)),
+        **{f"param_{k}": np.asarray(v, np.float64) for k, v in clip.params.items()},
     }
     path = clip.folder / CLIP_FILE
     with atomic_path(path) as tmp:
@@ -94,7 +123,7 @@ def load_clip(folder: str | Path) -> FamilyClip:
         focal=float(a["focal"]), onset=int(a["onset"]), apex=int(a["apex"]), offset=int(a["offset"]),
         motion_head=a["motion_head"], vertices_cam=a["vertices_cam"], intrinsics=a["intrinsics"],
         profile=a["profile"], active_regions=[str(r) for r in a["active_regions"]], peak_mm=float(a["peak_mm"]),
-        info=json.loads(str(a["info"])))
+        info=json.loads(str(a["info"])), params={k[6:]: v for k, v in a.items() if k.startswith("param_")})
 
 
 def family_clips(root: str | Path, family: str) -> list[FamilyClip]:

@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.families import FamilyClip, save_clip  # noqa: E402
+from benchmarks.families import FamilyClip, new_clip_folder, save_clip  # noqa: E402
 
 HELDOUT_SEED0 = 900000
 
@@ -46,9 +44,7 @@ def make_clip(seed: int, model, out_root: Path) -> Path | None:
     spec = capture_rate_spec(seed)
     t0 = time.perf_counter()
     clip, peak = _render(spec, model)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{seed}.", dir=final.parent))
-    try:
+    with new_clip_folder(final) as tmp:
         write_video(clip, tmp / "video.mp4")
         save_clip(FamilyClip(
             folder=tmp, video="video.mp4", fps=clip.fps, focal=float(clip.intrinsics[0]), onset=clip.onset,
@@ -57,13 +53,8 @@ def make_clip(seed: int, model, out_root: Path) -> Path | None:
             active_regions=list(clip.active_regions), peak_mm=peak,
             info={"seed": int(seed), "renderer": "backend.synth", "codec": "mp4v", "frames": len(clip.frames),
                   "size": [clip.width, clip.height], "spec": dataclasses.asdict(spec),
-                  "seconds": round(time.perf_counter() - t0, 1)}))
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+                  "seconds": round(time.perf_counter() - t0, 1)},
+            params={"shape": clip.shape, "expr": clip.expr, "pose": clip.pose, "trans": clip.trans}))
     return final
 
 
