@@ -24,7 +24,8 @@ def test_fit_recovers_synthetic_vertices(tmp_path):
     model = load_flame()
     clip = generate(SynthConfig(seed=7, micro=MicroExpressionSpec(regions=("mouth",))), model)
     video = write_video(clip, tmp_path / "synth.mp4")
-    cfg = ReconstructConfig(device="cpu", refine=False)  # the static fit alone
+    cfg = ReconstructConfig(device="cpu", refine=False)  # the static fit alone: no network, no reader
+    cfg.reader.enabled = False
     cfg.flow.supersample = 1  # the fit does not read the flow; keep the test fast
     cfg.video.fps = clip.fps
     cfg.fit.focal = float(clip.intrinsics[0])
@@ -36,9 +37,11 @@ def test_fit_recovers_synthetic_vertices(tmp_path):
     m = micro_metrics(res.vertices, clip.vertices, pred_head, clip.vertices_head, model.region_labels,
                       model.region_names, clip.active_regions, clip.onset, clip.offset)
     print(m.as_dict(), "reproj px", float(np.median(res.fit_error_px)))
-    # the fit's own region motion is written, but no detection: only the network's rule is calibrated
+    # the fit's own region motion is written, and called by the configured rule (no network ran)
     np.testing.assert_allclose(res.region_motion, region_motion(pred_head, model.region_labels), atol=1e-4)
-    assert "region_detection" not in res.meta
+    det, rule = res.meta["region_detection"], cfg.regions
+    assert (det["fraction"], det["floor_mm"], det["noise_factor"]) == (rule.fraction, rule.floor_mm, rule.noise_factor)
+    assert "reader" not in res.meta
     assert np.median(res.fit_error_px) < 0.8
     assert m.face_error_aligned_mm < 4.5
     assert m.face_error_mm < 60.0
