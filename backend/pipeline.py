@@ -113,18 +113,29 @@ def run_frontend(clip: Clip, lms: Landmarks, model, cfg: ReconstructConfig, devi
     return Frontend(clip, lms, alignment, flow, fit)
 
 
-def read_motion(fe: Frontend, model, cfg: ReconstructConfig, progress: Progress | None = None,
-                timings: dict | None = None):
-    """The flow reader on a processed clip (backend/flow_reader.py): flow from anchor frames
-    every ``cfg.reader.anchor_every_s`` seconds, then the read. Returns its FlowReading."""
+def reader_flow(fe: Frontend, cfg: ReconstructConfig, progress: Progress | None = None,
+                timings: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The flow reader's input: flow from anchor frames every ``cfg.reader.anchor_every_s`` seconds
+    (backend.flow.anchor_pairs). Returns (pairs (T-1, 2), flows (T-1, S, S, 2) crop px)."""
     from .flow import aligned_flow, anchor_pairs
+
+    clip = fe.clip
+    pairs = anchor_pairs(len(clip.frames), max(1, round(cfg.reader.anchor_every_s * clip.fps)))
+    report = None if progress is None else (lambda _, done, total: progress("reader_flow", done, total))
+    return pairs, _timed({} if timings is None else timings, "reader_flow", aligned_flow, clip.frames, fe.alignment,
+                         cfg.flow, report, pairs)
+
+
+def read_motion(fe: Frontend, model, cfg: ReconstructConfig, progress: Progress | None = None,
+                timings: dict | None = None, flows: tuple[np.ndarray, np.ndarray] | None = None):
+    """The flow reader on a processed clip (backend/flow_reader.py). ``flows``: :func:`reader_flow`'s
+    output when already made (it depends on the flow and anchor settings, not on the reader's).
+    Returns its FlowReading."""
     from .flow_reader import read_flow
 
     timings = {} if timings is None else timings
     clip, fit = fe.clip, fe.fit
-    pairs = anchor_pairs(len(clip.frames), max(1, round(cfg.reader.anchor_every_s * clip.fps)))
-    report = None if progress is None else (lambda _, done, total: progress("reader_flow", done, total))
-    anchored = _timed(timings, "reader_flow", aligned_flow, clip.frames, fe.alignment, cfg.flow, report, pairs)
+    pairs, anchored = flows if flows is not None else reader_flow(fe, cfg, progress, timings)
     return _timed(timings, "reader", read_flow, model, anchored, fe.alignment.transforms, fit.intrinsics,
                   (clip.width, clip.height), fit.shape, fit.expr, fit.pose, fit.trans, fe.landmarks.valid, clip.fps,
                   fe.alignment.size, cfg.reader, pairs)

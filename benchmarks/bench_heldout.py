@@ -98,6 +98,7 @@ def result_head(path: Path, layer, meshes: str = "vertices") -> tuple[np.ndarray
     import torch
 
     from backend.flame import head_space
+    from backend.photometric import frame_rotations
     from backend.result import read_result
 
     res = read_result(path)
@@ -109,13 +110,8 @@ def result_head(path: Path, layer, meshes: str = "vertices") -> tuple[np.ndarray
     head = head_space(layer, res.shape, res.expr, res.pose).astype(np.float64)
     mesh = np.asarray(getattr(res, meshes), np.float64)
     face = layer.model.region_labels >= 0
-    out = head.copy()
-    for t in range(len(mesh)):
-        a, b = head[t, face] - head[t, face].mean(0), cam[t, face] - cam[t, face].mean(0)
-        u, _, vt = np.linalg.svd(a.T @ b)
-        rot = u @ np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))]) @ vt     # head -> camera: x @ rot
-        out[t] += (mesh[t] - cam[t]) @ rot.T
-    return mesh, out, res.meta
+    rot = frame_rotations(head[:, face], cam[:, face])                          # (T, 3, 3) head -> camera
+    return mesh, head + np.einsum("tvi,tij->tvj", mesh - cam, rot), res.meta
 
 
 def correlation(pred: np.ndarray, true: np.ndarray, active: np.ndarray, onset: int, offset: int) -> float:

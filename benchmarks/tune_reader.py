@@ -30,32 +30,35 @@ from benchmarks.families import FAMILIES, FamilyClip, family_clips  # noqa: E402
 
 
 def frontend(video: Path, clip: FamilyClip, model):
-    """The pipeline's Frontend of one video under its defaults (the clip's fps and focal)."""
+    """The pipeline's Frontend of one video under its defaults (the clip's fps and focal), and the
+    reader's anchored flows (the same for every reader setting)."""
     from backend.config import ReconstructConfig
     from backend.landmarks import detect_landmarks
-    from backend.pipeline import run_frontend
+    from backend.pipeline import reader_flow, run_frontend
     from backend.video import read_clip
 
     cfg = ReconstructConfig(device="cpu")
     cfg.video.fps = clip.fps
     cfg.fit.focal = clip.focal or None
     c = read_clip(video, cfg.video)
-    return run_frontend(c, detect_landmarks(c, cfg.landmarks), model, cfg)
+    fe = run_frontend(c, detect_landmarks(c, cfg.landmarks), model, cfg)
+    return fe, reader_flow(fe, cfg)
 
 
-def read_head(fe, model, reader) -> np.ndarray:
+def read_head(front, model, reader) -> np.ndarray:
     """Head-space meshes (T, V, 3) of the reader's motion under ``reader`` (a ReaderConfig, drift
-    corrected as the pipeline does); None = the fit."""
+    corrected as the pipeline does) on ``front`` (:func:`frontend`'s pair); None = the fit."""
     from backend.config import ReconstructConfig
     from backend.flame import FlameLayer, head_space
     from backend.pipeline import read_motion
     from backend.refine import parametric_meshes
 
+    fe, flows = front
     fit = fe.fit
     if reader is None:
         return head_space(FlameLayer(model), fit.shape, fit.expr, fit.pose).astype(np.float64)
     cfg = ReconstructConfig(device="cpu", reader=reader)
-    r = read_motion(fe, model, cfg)
+    r = read_motion(fe, model, cfg, flows=flows)
     meshes = parametric_meshes(model, fit, r.expr, r.pose, fe.clip.frame_indices, cfg.drift_sigma_s * fe.clip.fps)
     return meshes["vertices_head"].astype(np.float64)
 
