@@ -56,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="read the micro-expression from the flow through the fitted head (backend/flow_reader.py)")
     g.add_argument("--no-reader", dest="reader", action="store_false", help="without the flow reader")
     r.add_argument("--reader-weight", type=float, metavar="LAMBDA",
-                   help="the flow reader's prior weight: larger reads less motion (default: ReaderConfig's)")
+                   help="the flow reader's prior weight, fixed: larger reads less motion (default: set from the "
+                        "clip's own noise, ReaderConfig)")
     r.add_argument("--iters", type=int, help="fit iterations")
     r.add_argument("--focal", type=float, help="camera focal length in source pixels (default: max(width, height))")
     r.add_argument("--quiet", action="store_true", help="no progress lines, only the final one")
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.no_refine:
             cfg.reader.enabled = False
         if args.reader_weight is not None:
-            cfg.reader.prior_weight = args.reader_weight
+            cfg.reader.prior_weight, cfg.reader.noise_weight = args.reader_weight, 0.0
         if args.iters:
             cfg.fit.iters = args.iters
         cfg.fit.focal = args.focal

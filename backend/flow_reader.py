@@ -11,7 +11,10 @@ r_t = p_t - q_t, is explained through the linearised projection of the fitted me
 Δψ_t the change of expression and jaw from the onset and δ_t a small rigid correction of the
 fitted pose (rotation about the face's centre, translation), solved per frame by iteratively
 reweighted least squares (Huber) with the prior λ Δψᵀ B Δψ, B the Gram of the motion Δψ causes in
-mm over the face (from the model's own blendshapes, so it suits PCA and 0..1 targets alike).
+mm over the face (from the model's own blendshapes, so it suits PCA and 0..1 targets alike). λ
+follows the clip's own noise: max(prior_weight, noise_weight · σ²), σ² the frame-to-frame scatter
+of the per-frame solutions at a reference λ (:func:`motion_noise_mm2`), so a noisy camera gets
+a stronger prior and a clean one reads small motion.
 
 Micro-expressions are a few spatial patterns with their own time courses, not a free vector per
 frame: the per-frame solutions are reduced to the ``patterns`` strongest directions in the mm
@@ -44,6 +47,8 @@ class FlowReading:
     courses: np.ndarray     # (T, K) their time courses (0 at frame 0)
     points: int             # face points tracked from frame 0
     residual_px: float      # median |r_t - model| over points and frames, 224-crop px
+    prior_weight: float     # the prior's weight λ used (ReaderConfig: from the clip's noise)
+    noise_mm: float         # the clip's frame-to-frame noise of the per-frame motion, mm rms over the face
 
 
 def _sample_flow(flow: torch.Tensor, p: torch.Tensor, crop_size: float) -> torch.Tensor:
@@ -101,6 +106,68 @@ def _gaussian_smooth(x: np.ndarray, times: np.ndarray, sigma: float) -> np.ndarr
     return np.concatenate([x[:1], out[1:]])
 
 
+def motion_noise_mm2(per_frame: np.ndarray, solved: np.ndarray, gram: np.ndarray) -> float:
+    """The per-frame motion's noise: median over consecutive solved frames of |Δψ_t - Δψ_t-1|²_B / 2,
+    mm² (mean over the face). per_frame (T, P), solved (T,) bool, gram (P, P) mm² per ψ². White
+    noise of variance σ² gives σ²; motion slow against the frame rate adds little."""
+    both = solved[1:] & solved[:-1]
+    if not both.any():
+        return 0.0
+    d = (per_frame[1:] - per_frame[:-1])[both]
+    return float(np.median(np.einsum("tp,pq,tq->t", d, gram, d)) / 2.0)
+
+
+def _solve_frames(prior_psi: np.ndarray, cam: np.ndarray, jac_head: np.ndarray, rotations: np.ndarray,
+                  track: np.ndarray, inside: np.ndarray, valid: np.ndarray, intrinsics: np.ndarray,
+                  align: np.ndarray, cfg: ReaderConfig):
+    """Per frame: IRLS on the full ψ with the prior ``prior_psi`` (P, P), then its normal equations
+    with the rigid correction eliminated (Schur complement), which the low-rank stage reuses.
+
+    cam (T, N, 3) m the tracked points on the fitted head with the onset expression, jac_head
+    (N, 3, P) their head-space Jacobian in ψ, rotations (T, 3, 3) head -> camera, track (T, N, 2)
+    crop px, inside (T, N) bool. Returns per_frame (T, P), hess (T, P, P), grad (T, P), solved (T,)
+    bool and the per-frame residual norms (list of (N_t,) crop px)."""
+    from .photometric import rigid_jacobian
+
+    t_count, p_count = len(cam), prior_psi.shape[0]
+    prior = np.zeros((p_count + 6, p_count + 6))
+    prior[:p_count, :p_count] = prior_psi
+    prior[p_count:, p_count:] = _RIGID_RIDGE * np.eye(6)
+    per_frame = np.zeros((t_count, p_count))
+    hess = np.zeros((t_count, p_count, p_count))
+    grad = np.zeros((t_count, p_count))
+    solved = np.zeros(t_count, bool)
+    residuals = []
+    for t in range(1, t_count):
+        keep = inside[t]
+        if not valid[t] or keep.sum() < _MIN_POINTS:
+            continue
+        x, rot = cam[t], rotations[t]
+        for rigid_pass in range(cfg.rigid_passes):
+            jc = _crop_jacobian(x, intrinsics, align[t])                                   # (N, 2, 3)
+            a = np.concatenate([np.einsum("nij,jk,nkp->nip", jc, rot, jac_head),
+                                np.einsum("nij,njk->nik", jc, rigid_jacobian(torch.as_tensor(x)).numpy())],
+                               2)[keep]                                                         # (N, 2, P + 6)
+            r = (track[t] - _project_crop(x, intrinsics, align[t]))[keep]
+            u, res, wts = _irls(a, r, prior, cfg.huber_px, cfg.iterations)
+            if rigid_pass + 1 < cfg.rigid_passes:
+                # Move the head by the rigid correction and linearise again there: a turn of a
+                # degree leaves second-order residuals the size of a micro-expression.
+                turn = axis_angle_to_matrix(torch.as_tensor(u[p_count:p_count + 3])).numpy()
+                centre = x.mean(0)
+                x = (x - centre) @ turn.T + centre + u[p_count + 3:]
+                rot = turn @ rot
+        per_frame[t], solved[t] = u[:p_count], True
+        residuals.append(res)
+        af = a.reshape(-1, p_count + 6) * np.sqrt(np.repeat(wts, 2) / len(r))[:, None]
+        h_all, g_all = af.T @ af, af.T @ (r.reshape(-1) * np.sqrt(np.repeat(wts, 2) / len(r)))
+        h_pp, h_pr, h_rr = h_all[:p_count, :p_count], h_all[:p_count, p_count:], h_all[p_count:, p_count:]
+        inv_rr = np.linalg.inv(h_rr + prior[p_count:, p_count:])
+        hess[t] = h_pp - h_pr @ inv_rr @ h_pr.T
+        grad[t] = g_all[:p_count] - h_pr @ inv_rr @ g_all[p_count:]
+    return per_frame, hess, grad, solved, residuals
+
+
 def read_flow(model: FlameModel, flow: np.ndarray, align: np.ndarray, intrinsics: np.ndarray,
               image_size: tuple[int, int], shape: np.ndarray, expr: np.ndarray, pose: np.ndarray,
               trans: np.ndarray, valid: np.ndarray, fps: float, crop_size: int = 224,
@@ -117,7 +184,7 @@ def read_flow(model: FlameModel, flow: np.ndarray, align: np.ndarray, intrinsics
     from torch.func import jacfwd
 
     from .losses import vertex_visibility
-    from .photometric import frame_rotations, rigid_jacobian
+    from .photometric import frame_rotations
 
     cfg = cfg or ReaderConfig()
     t_count = len(expr)
@@ -158,6 +225,8 @@ def read_flow(model: FlameModel, flow: np.ndarray, align: np.ndarray, intrinsics
     basis_mm = jac_head[face].reshape(-1, p_count) * _MM
     gram = basis_mm.T @ basis_mm / face.sum()
 
+    rotations = frame_rotations(np.broadcast_to(head0[idx], cam[:, idx].shape), cam[:, idx])     # head -> camera
+
     # Track the points from frame 0 through the flow.
     align = np.asarray(align, np.float64)
     track = np.empty((t_count, len(idx), 2))
@@ -172,44 +241,16 @@ def read_flow(model: FlameModel, flow: np.ndarray, align: np.ndarray, intrinsics
         track[dst] = track[src] + step
         inside[dst] = inside[src] & (track[dst] >= 0).all(1) & (track[dst] <= crop_size - 1).all(1)
 
-    # Per frame: IRLS on the full ψ with the prior, then its normal equations with the rigid
-    # correction eliminated (Schur complement), which the low-rank stage below reuses.
-    prior = np.zeros((p_count + 6, p_count + 6))
-    prior[:p_count, :p_count] = cfg.prior_weight * gram
-    prior[p_count:, p_count:] = _RIGID_RIDGE * np.eye(6)
-    per_frame = np.zeros((t_count, p_count))
-    hess = np.zeros((t_count, p_count, p_count))
-    grad = np.zeros((t_count, p_count))
-    solved = np.zeros(t_count, bool)
-    residuals = []
-    rotations = frame_rotations(np.broadcast_to(head0[idx], cam[:, idx].shape), cam[:, idx])     # head -> camera
-    for t in range(1, t_count):
-        keep = inside[t]
-        if not valid[t] or keep.sum() < _MIN_POINTS:
-            continue
-        x, rot = cam[t, idx], rotations[t]
-        for rigid_pass in range(cfg.rigid_passes):
-            jc = _crop_jacobian(x, intrinsics, align[t])                                   # (N, 2, 3)
-            a = np.concatenate([np.einsum("nij,jk,nkp->nip", jc, rot, jac_head[idx]),
-                                np.einsum("nij,njk->nik", jc, rigid_jacobian(torch.as_tensor(x)).numpy())],
-                               2)[keep]                                                         # (N, 2, P + 6)
-            r = (track[t] - _project_crop(x, intrinsics, align[t]))[keep]
-            u, res, wts = _irls(a, r, prior, cfg.huber_px, cfg.iterations)
-            if rigid_pass + 1 < cfg.rigid_passes:
-                # Move the head by the rigid correction and linearise again there: a turn of a
-                # degree leaves second-order residuals the size of a micro-expression.
-                turn = axis_angle_to_matrix(torch.as_tensor(u[p_count:p_count + 3])).numpy()
-                centre = x.mean(0)
-                x = (x - centre) @ turn.T + centre + u[p_count + 3:]
-                rot = turn @ rot
-        per_frame[t], solved[t] = u[:p_count], True
-        residuals.append(res)
-        af = a.reshape(-1, p_count + 6) * np.sqrt(np.repeat(wts, 2) / len(r))[:, None]
-        h_all, g_all = af.T @ af, af.T @ (r.reshape(-1) * np.sqrt(np.repeat(wts, 2) / len(r)))
-        h_pp, h_pr, h_rr = h_all[:p_count, :p_count], h_all[:p_count, p_count:], h_all[p_count:, p_count:]
-        inv_rr = np.linalg.inv(h_rr + prior[p_count:, p_count:])
-        hess[t] = h_pp - h_pr @ inv_rr @ h_pr.T
-        grad[t] = g_all[:p_count] - h_pr @ inv_rr @ g_all[p_count:]
+    # The prior's weight follows the clip's own noise: the frame-to-frame scatter of the
+    # per-frame solutions (at a reference weight) is mostly flow noise, and a noisy clip needs a
+    # stronger prior to keep it out of the read motion.
+    solve = lambda weight: _solve_frames(weight * gram, cam[:, idx], jac_head[idx], rotations, track, inside,  # noqa: E731
+                                         valid, intrinsics, align, cfg)
+    frames_ref = solve(cfg.noise_reference_weight) if cfg.noise_weight > 0 else None
+    noise_mm2 = 0.0 if frames_ref is None else motion_noise_mm2(frames_ref[0], frames_ref[3], gram)
+    weight = max(cfg.prior_weight, cfg.noise_weight * noise_mm2)
+    per_frame, hess, grad, solved, residuals = (frames_ref if frames_ref is not None and weight == cfg.noise_reference_weight
+                                                else solve(weight))
 
     # A few patterns with their own time courses: alternate least squares on
     # Σ_t data_t(U c_t) + λ |U c_t|²_B, started from the per-frame solutions' strongest directions.
@@ -218,7 +259,7 @@ def read_flow(model: FlameModel, flow: np.ndarray, align: np.ndarray, intrinsics
     _, _, vt = np.linalg.svd(per_frame @ root, full_matrices=False)
     k = max(1, min(cfg.patterns, len(vt)))
     patterns = np.linalg.solve(root.T, vt[:k].T)                                           # (P, K)
-    lam_b = cfg.prior_weight * gram
+    lam_b = weight * gram
     courses = np.zeros((t_count, k))
     frames = np.flatnonzero(solved)
     for _ in range(cfg.alternations):
@@ -252,5 +293,6 @@ def read_flow(model: FlameModel, flow: np.ndarray, align: np.ndarray, intrinsics
     out_expr = psi[:, :n]
     return FlowReading(expr=out_expr.astype(np.float32), pose=out_pose.astype(np.float32),
                        dpsi=dpsi.astype(np.float32), patterns=patterns.T.astype(np.float32),
-                       courses=courses.astype(np.float32), points=len(idx), residual_px=residual)
+                       courses=courses.astype(np.float32), points=len(idx), residual_px=residual,
+                       prior_weight=float(weight), noise_mm=float(np.sqrt(noise_mm2)))
 

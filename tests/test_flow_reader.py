@@ -12,7 +12,7 @@ from backend.camera import default_intrinsics, project_np
 from backend.config import ReaderConfig
 from backend.flame import FlameLayer, head_space
 from backend.flow import anchor_pairs
-from backend.flow_reader import read_flow
+from backend.flow_reader import motion_noise_mm2, read_flow
 
 T = 7
 SIZE = 448          # the crop is the image: align = identity
@@ -81,7 +81,7 @@ def test_reader_recovers_a_known_expression_change_and_absorbs_a_head_turn(head_
     flows = _flows_from_motion(crop, depth, head_model.faces, pairs)
     reading = read_flow(head_model, flows, np.tile(np.array([[1.0, 0, 0], [0, 1.0, 0]]), (T, 1, 1)), intr, (W, H),
                         fit["shape"], fit["expr"], fit["pose"], fit["trans"], np.ones(T, bool), 200.0,
-                        SIZE, dataclasses.replace(ReaderConfig(), prior_weight=1e-7, patterns=1, smooth_s=0.0), pairs)
+                        SIZE, dataclasses.replace(ReaderConfig(), prior_weight=1e-7, noise_weight=0.0, patterns=1, smooth_s=0.0), pairs)
     read_head = head_space(layer, fit["shape"], reading.expr, reading.pose)
     face = head_model.region_labels >= 0
     motion = (true_head - true_head[:1])[:, face]
@@ -104,3 +104,31 @@ def test_reader_reads_nothing_from_a_still_face(head_model):
                         fit["shape"], fit["expr"], fit["pose"], fit["trans"], np.ones(T, bool), 200.0, SIZE)
     assert np.abs(reading.dpsi).max() < 1e-9
     assert reading.points > 500
+
+
+def test_motion_noise_is_the_variance_of_white_noise_and_ignores_slow_motion():
+    rng = np.random.default_rng(0)
+    p, t, sigma = 50, 4000, 0.03
+    gram = np.eye(p) / p                                  # mean over p coordinates: |u|²_B = mean u²
+    solved = np.ones(t, bool)
+    solved[0] = False                                     # the onset is never solved
+    slow = np.linspace(0, 1, t)[:, None] * np.ones(p)     # 1 mm over the clip: 0.00025 mm a frame
+    noisy = slow + rng.normal(0, sigma, (t, p))
+    # Median of a chi-square with p degrees of freedom, over p: (1 - 2 / (9p))^3.
+    expected = sigma ** 2 * (1 - 2 / (9 * p)) ** 3
+    assert abs(motion_noise_mm2(noisy, solved, gram) - expected) < 0.03 * expected
+    assert motion_noise_mm2(slow, solved, gram) < 1e-7
+
+
+def test_reader_weight_rises_with_the_clips_noise(head_model):
+    fit, _, _, intr, _, _ = _head_clip(head_model, np.zeros(head_model.n_expr + 3), rotate_deg=0.0)
+    rng = np.random.default_rng(1)
+    flows = rng.normal(0, 2.0, (T - 1, SIZE // 2, SIZE // 2, 2)).astype(np.float32)   # flow noise, crop px
+    args = (np.tile(np.array([[1.0, 0, 0], [0, 1.0, 0]]), (T, 1, 1)), intr, (W, H), fit["shape"], fit["expr"],
+            fit["pose"], fit["trans"], np.ones(T, bool), 200.0, SIZE)
+    adaptive = read_flow(head_model, flows, *args)
+    fixed = read_flow(head_model, flows, *args, dataclasses.replace(ReaderConfig(), noise_weight=0.0))
+    assert adaptive.noise_mm > 0 and fixed.noise_mm == 0
+    assert adaptive.prior_weight > ReaderConfig().prior_weight == fixed.prior_weight
+    # The stronger prior reads less of the noise as motion.
+    assert np.abs(adaptive.dpsi).max() < np.abs(fixed.dpsi).max()

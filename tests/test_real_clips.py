@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from backend.config import ReconstructConfig
+from backend.config import ReconstructConfig, RegionCallConfig
 from backend.errors import MicroFaceError
 from backend.overlay import overlay_frames
 from backend.pipeline import reconstruct
@@ -53,14 +53,15 @@ def test_single_face_main_job(tmp_path):
     assert back.meta["drift_sigma_s"] == 0.5
     assert "photometric" not in back.meta and back.meta["warnings"] == []
     # Region motion from frame 0 without the head's rigid motion. At the smile (frame 36) the mouth
-    # moved 3.3 mm, the cheeks 1.3 / 1.1 and the forehead 0.57 (measured); over the clip the reader's
-    # rule (0.7 of the largest peak, 3.7 mm, and 0.05 mm) calls the mouth active and the nose
-    # (0.60 mm), eyes (0.44 / 0.43) and forehead (0.69) still.
+    # moved 3.6 mm, the cheeks 1.6 / 1.3 and the forehead 0.75 (measured); over the clip the reader's
+    # rule (0.7 of the largest peak, 4.0 mm, and 1.5 x the clip's noise floor, 0.87 mm) calls the
+    # mouth active and the nose (0.71 mm), eyes (1.0 / 0.86) and forehead (0.87) still.
     motion = back.region_motion
     assert (motion[0] == 0).all() and motion[36, names.index("mouth")] > 3.0
     assert motion[36, cheeks].min() > 1.5 * motion[36, names.index("forehead")]
     det = back.meta["region_detection"]
-    assert (det["fraction"], det["floor_mm"], det["noise_factor"]) == (0.7, 0.05, 0.0)
+    rule = RegionCallConfig()
+    assert (det["fraction"], det["floor_mm"], det["noise_factor"]) == (rule.fraction, rule.floor_mm, rule.noise_factor)
     assert "mouth" in det["active"]
     assert not {"left_eye", "right_eye", "nose", "forehead"} & set(det["active"])
     # The rig arrays: skinning them gives vertices_init up to the joints' small dependence on the
