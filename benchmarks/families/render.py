@@ -197,6 +197,16 @@ def _nodes(tree):
     return tree.nodes, tree.links
 
 
+def _material(name: str, created: list):
+    """A new node material (recorded in ``created``) and its nodes, links and Principled BSDF."""
+    import bpy
+
+    mat = bpy.data.materials.new(name)
+    created.append(mat)
+    nodes, links = _nodes(mat.node_tree)
+    return mat, nodes, links, nodes["Principled BSDF"]
+
+
 def _image(name: str, rgb: np.ndarray, created: list):
     """A packed 8-bit sRGB Blender image from (H, W, 3) 0..1 RGB with row 0 at the top."""
     import bpy
@@ -212,12 +222,7 @@ def _image(name: str, rgb: np.ndarray, created: list):
 
 def _skin_material(look: RenderLook, texture: np.ndarray, created: list):
     """The head's skin: procedural nodes or the UV texture, Principled BSDF with subsurface and bump."""
-    import bpy
-
-    mat = bpy.data.materials.new(f"render_skin_{look.seed}")
-    created.append(mat)
-    nodes, links = _nodes(mat.node_tree)
-    bsdf = nodes["Principled BSDF"]
+    mat, nodes, links, bsdf = _material(f"render_skin_{look.seed}", created)
     bsdf.subsurface_method = look.subsurface_method
     bsdf.inputs["Subsurface Weight"].default_value = look.subsurface_weight
     bsdf.inputs["Subsurface Radius"].default_value = (1.0, 0.35, 0.2)
@@ -306,10 +311,7 @@ def _eye_material(look: RenderLook, texture: np.ndarray, created: list):
     """The eyeballs: the texture's sclera, iris and pupil, glossy and without subsurface."""
     import bpy
 
-    mat = bpy.data.materials.new(f"render_eye_{look.seed}")
-    created.append(mat)
-    nodes, links = _nodes(mat.node_tree)
-    bsdf = nodes["Principled BSDF"]
+    mat, nodes, links, bsdf = _material(f"render_eye_{look.seed}", created)
     bsdf.inputs["Roughness"].default_value = 0.08
     bsdf.inputs["Coat Weight"].default_value = 0.5
     uv_map = nodes.new("ShaderNodeUVMap")
@@ -360,10 +362,7 @@ def _backdrop(look: RenderLook, depth: float, intrinsics, collection, created: l
     obj = bpy.data.objects.new(mesh.name, mesh)
     created.append(obj)
     collection.objects.link(obj)
-    mat = bpy.data.materials.new(mesh.name)
-    created.append(mat)
-    nodes, links = _nodes(mat.node_tree)
-    bsdf = nodes["Principled BSDF"]
+    mat, nodes, links, bsdf = _material(mesh.name, created)
     bsdf.inputs["Roughness"].default_value = 0.7
     coords = nodes.new("ShaderNodeTexCoord")
     kind = {"noise": "ShaderNodeTexNoise", "voronoi": "ShaderNodeTexVoronoi", "wave": "ShaderNodeTexWave",
