@@ -74,7 +74,7 @@ def main() -> int:
 
     import torch
 
-    from backend.config import ReaderConfig
+    from backend.config import ReaderConfig, RegionCallConfig
     from backend.evaluate import micro_metrics, region_truth
     from backend.flame import load_flame
     from backend.regions import NOISE_FACTORS, active_regions, calibrate_detection, region_motion
@@ -122,7 +122,7 @@ def main() -> int:
         rule = calibrate_detection(p, t, NOISE_FACTORS)
         print(f"{name}: region rule (fraction, floor_mm, noise_factor) {rule}, accuracy on these clips "
               f"{(active_regions(p, *rule) == t).mean():.3f} (the default RegionCallConfig: "
-              f"{(active_regions(p, 0.35, 0.05, 2.0) == t).mean():.3f})")
+              f"{(active_regions(p, *dataclasses.astuple(RegionCallConfig())) == t).mean():.3f})")
     return 0
 
 
