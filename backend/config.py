@@ -194,10 +194,10 @@ class ReaderConfig:
     """backend/flow_reader.py: the micro-expression read from the flow through the fitted head."""
     enabled: bool = True
     # λ on the read motion (mm²) against the tracks' residual (crop px²) is max(prior_weight,
-    # noise_weight * the clip's noise / its motion, both mm² measured at noise_reference_weight);
-    # chosen on training clips of all three evaluation families (benchmarks/tune_reader.py).
-    prior_weight: float = 0.03      # the least λ
-    noise_weight: float = 5.0       # 0 = λ is prior_weight whatever the clip's noise
+    # noise_weight * the clip's noise in mm², measured at noise_reference_weight); chosen on
+    # training clips of all three evaluation families (benchmarks/tune_reader.py).
+    prior_weight: float = 0.3       # the least λ
+    noise_weight: float = 1000.0    # 0 = λ is prior_weight whatever the clip's noise
     noise_reference_weight: float = 1.0
     huber_px: float = 0.5           # robust scale of the track residual, 224-crop px
     iterations: int = 4             # reweighting rounds per frame
@@ -214,7 +214,7 @@ class RegionCallConfig:
     """The rule (backend.regions.active_regions) behind the result's ``region_detection`` when the
     network's weights carry none that fits: the fit alone, or the flow reader's motion."""
     # Calibrated for the flow reader's motion on training clips of all three evaluation families
-    # (benchmarks/tune_reader.py: 0.789 of their regions called right).
+    # (benchmarks/tune_reader.py: 0.797 of their regions called right).
     fraction: float = 0.7           # of the most-moving region's peak motion
     floor_mm: float = 0.0
     noise_factor: float = 1.5       # times the clip's own noise floor (backend.regions.clip_noise_mm); 0 = off

@@ -12,11 +12,9 @@ r_t = p_t - q_t, is explained through the linearised projection of the fitted me
 fitted pose (rotation about the face's centre, translation), solved per frame by iteratively
 reweighted least squares (Huber) with the prior λ Δψᵀ B Δψ, B the Gram of the motion Δψ causes in
 mm over the face (from the model's own blendshapes, so it suits PCA and 0..1 targets alike). λ
-follows the clip's own noise against its own motion: max(prior_weight, noise_weight · σ²/m²), σ²
-the frame-to-frame scatter of the per-frame solutions at a reference λ (:func:`motion_noise_mm2`)
-and m² their mean power (:func:`motion_power_mm2`), as a Wiener filter weighs noise against
-signal: a clip whose motion barely stands out of its noise gets a strong prior, and one whose
-motion stands well clear of it (whatever the camera's absolute noise) reads faint motion.
+follows the clip's own noise: max(prior_weight, noise_weight · σ²), σ² the frame-to-frame scatter
+of the per-frame solutions at a reference λ (:func:`motion_noise_mm2`), so a noisy camera gets
+a stronger prior and a clean one reads small motion.
 
 Micro-expressions are a few spatial patterns with their own time courses, not a free vector per
 frame: the per-frame solutions are reduced to the ``patterns`` strongest directions in the mm
@@ -49,9 +47,8 @@ class FlowReading:
     courses: np.ndarray     # (T, K) their time courses (0 at frame 0)
     points: int             # face points tracked from frame 0
     residual_px: float      # median |r_t - model| over points and frames, 224-crop px
-    prior_weight: float     # the prior's weight λ used (ReaderConfig: from the clip's noise and motion)
+    prior_weight: float     # the prior's weight λ used (ReaderConfig: from the clip's noise)
     noise_mm: float         # the clip's frame-to-frame noise of the per-frame motion, mm rms over the face
-    motion_mm: float        # the per-frame motion's rms from the onset, mm over the face (at the reference λ)
 
 
 def _sample_flow(flow: torch.Tensor, p: torch.Tensor, crop_size: float) -> torch.Tensor:
@@ -118,15 +115,6 @@ def motion_noise_mm2(per_frame: np.ndarray, solved: np.ndarray, gram: np.ndarray
         return 0.0
     d = (per_frame[1:] - per_frame[:-1])[both]
     return float(np.median(np.einsum("tp,pq,tq->t", d, gram, d)) / 2.0)
-
-
-def motion_power_mm2(per_frame: np.ndarray, solved: np.ndarray, gram: np.ndarray) -> float:
-    """Mean over the solved frames of |Δψ_t|²_B, mm² (mean over the face): the per-frame motion's
-    power from the onset, signal and noise together. Arguments as :func:`motion_noise_mm2`."""
-    if not solved.any():
-        return 0.0
-    d = per_frame[solved]
-    return float(np.mean(np.einsum("tp,pq,tq->t", d, gram, d)))
 
 
 def _solve_frames(prior_psi: np.ndarray, cam: np.ndarray, jac_head: np.ndarray, rotations: np.ndarray,
@@ -253,17 +241,14 @@ def read_flow(model: FlameModel, flow: np.ndarray, align: np.ndarray, intrinsics
         track[dst] = track[src] + step
         inside[dst] = inside[src] & (track[dst] >= 0).all(1) & (track[dst] <= crop_size - 1).all(1)
 
-    # The prior's weight follows the clip's noise against its motion: the frame-to-frame scatter
-    # of the per-frame solutions (at a reference weight) is mostly flow noise, their power from the
-    # onset is motion and noise; the absolute noise alone gave real 25 fps footage, whose own
-    # motion scatters its frames, a stronger prior than 200 fps synthetic clips.
+    # The prior's weight follows the clip's own noise: the frame-to-frame scatter of the
+    # per-frame solutions (at a reference weight) is mostly flow noise, and a noisy clip needs a
+    # stronger prior to keep it out of the read motion.
     solve = lambda weight: _solve_frames(weight * gram, cam[:, idx], jac_head[idx], rotations, track, inside,  # noqa: E731
                                          valid, intrinsics, align, cfg)
     frames_ref = solve(cfg.noise_reference_weight) if cfg.noise_weight > 0 else None
-    noise_mm2, power_mm2 = ((0.0, 0.0) if frames_ref is None else
-                            (motion_noise_mm2(frames_ref[0], frames_ref[3], gram),
-                             motion_power_mm2(frames_ref[0], frames_ref[3], gram)))
-    weight = max(cfg.prior_weight, cfg.noise_weight * noise_mm2 / power_mm2 if power_mm2 > 0 else 0.0)
+    noise_mm2 = 0.0 if frames_ref is None else motion_noise_mm2(frames_ref[0], frames_ref[3], gram)
+    weight = max(cfg.prior_weight, cfg.noise_weight * noise_mm2)
     per_frame, hess, grad, solved, residuals = (frames_ref if frames_ref is not None and weight == cfg.noise_reference_weight
                                                 else solve(weight))
 
@@ -309,6 +294,5 @@ def read_flow(model: FlameModel, flow: np.ndarray, align: np.ndarray, intrinsics
     return FlowReading(expr=out_expr.astype(np.float32), pose=out_pose.astype(np.float32),
                        dpsi=dpsi.astype(np.float32), patterns=patterns.T.astype(np.float32),
                        courses=courses.astype(np.float32), points=len(idx), residual_px=residual,
-                       prior_weight=float(weight), noise_mm=float(np.sqrt(noise_mm2)),
-                       motion_mm=float(np.sqrt(power_mm2)))
+                       prior_weight=float(weight), noise_mm=float(np.sqrt(noise_mm2)))
 
