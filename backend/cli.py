@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg.reader.enabled = False
         if args.reader_weight is not None:
             cfg.reader.prior_weight, cfg.reader.noise_weight = args.reader_weight, 0.0
-        if args.iters:
+        if args.iters is not None:
             cfg.fit.iters = args.iters
         cfg.fit.focal = args.focal
         last = {}

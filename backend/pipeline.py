@@ -181,6 +181,11 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
         raise MicroFaceError(f"photometric weight {cfg.photometric.prior_weight} is not a number > 0")
     if not 0 < cfg.reader.prior_weight < float("inf"):
         raise MicroFaceError(f"reader weight {cfg.reader.prior_weight} is not a number > 0")
+    if cfg.fit.iters < 1:   # 0 or fewer would skip the fit and still write a result
+        raise MicroFaceError(f"fit iterations {cfg.fit.iters} is not a positive count (--iters)")
+    if cfg.fit.focal is not None and not 0 < cfg.fit.focal < float("inf"):   # also NaN
+        raise MicroFaceError(f"focal length {cfg.fit.focal} is not a number of pixels > 0 (--focal; omit it for "
+                             f"max(width, height))")
     device = pick_device(cfg.device)
 
     from .flame import load_flame

@@ -66,6 +66,19 @@ def test_bad_photometric_weight(capsys, tmp_path, weight):
     _assert_clean_failure(*_run(capsys, argv), out, "photometric weight")
 
 
+@pytest.mark.parametrize("flag, value, words", [("--iters", "-5", "iterations"), ("--iters", "0", "iterations"),
+                                                ("--focal", "0", "focal"), ("--focal", "-600", "focal"),
+                                                ("--focal", "nan", "focal"), ("--focal", "inf", "focal")])
+def test_bad_fit_settings_are_refused_before_the_video_is_read(capsys, tmp_path, flag, value, words):
+    # Before this check --iters -5 skipped the fit and exited 0, --focal 0 became 640 and --focal nan
+    # ended in an OpenCV assertion reported as an internal error.
+    out = tmp_path / "r.npz"
+    argv = ["reconstruct", str(tmp_path / "not-read.mp4"), "-o", str(out), flag, value]
+    code, events, err = _run(capsys, argv)
+    _assert_clean_failure(code, events, err, out, words, flag)
+    assert code == 2
+
+
 def test_one_frame_clip(capsys, tmp_path):
     clip = write_video(tmp_path / "one.mp4", np.full((1, 64, 64, 3), 128, np.uint8))
     out = tmp_path / "r.npz"
