@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -91,7 +92,24 @@ def _run_in_env(args: list[str], cwd: Path | None = ROOT) -> int:
     """Run ``.venv``'s python with ``args`` (the checkout on its path); ``cwd=None``: the caller's folder."""
     py = ensure_env()
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([str(py), *args], cwd=cwd, env=env).returncode
+    proc = subprocess.Popen([str(py), *args], cwd=cwd, env=env)
+    # `timeout`, `kill` or a closed terminal signal this process only: pass it on, so the child
+    # (the batch, which stops its backend and removes its staging folder) is never orphaned.
+    forwarded = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None]
+    previous = {s: signal.signal(s, lambda signum, _frame: proc.send_signal(signum)) for s in forwarded}
+    try:
+        while True:
+            try:
+                return proc.wait()
+            except KeyboardInterrupt:
+                # Ctrl-C reaches the child too (same process group): let it clean up, then make sure.
+                try:
+                    return proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.terminate()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def _repo_on_path() -> None:

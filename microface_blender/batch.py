@@ -19,6 +19,7 @@ import argparse
 import math
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -44,6 +45,68 @@ EXPORTS = {
 
 class UsageError(Exception):
     """Bad command line or setup: one line, exit code 2, nothing was converted."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP arrived: unwinds like Ctrl-C (the backend stopped, the staging folder
+    removed); ``code`` is the exit status, 128 + the signal's number."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.code = 128 + signum
+
+
+@contextmanager
+def _termination_unwinds():
+    """Within it, SIGTERM and SIGHUP raise :class:`Terminated` in the main thread."""
+    def raise_terminated(signum, _frame):
+        raise Terminated(signum)
+
+    names = ("SIGTERM", "SIGHUP")
+    previous = {}
+    try:
+        for s in (getattr(signal, n) for n in names if hasattr(signal, n)):
+            previous[s] = signal.signal(s, raise_terminated)
+    except ValueError:  # not the main thread: signals stay as they were
+        pass
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+STAGING_PREFIX = ".microface-"
+
+
+def _staging_folder(out_dir: Path, stem: str) -> Path:
+    """A private folder in ``out_dir`` (same disk: renames are atomic), named with this process's
+    id so that a later run can tell a killed run's leftovers from a running batch's."""
+    return Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{stem}-{os.getpid()}-", dir=out_dir))
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name != "posix":
+        return True   # no safe liveness check here (os.kill would terminate): keep the folder
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_staging(out_dir: Path) -> list[Path]:
+    """Remove staging folders in ``out_dir`` left by batches that were killed (SIGKILL, power
+    loss): those whose process id no longer runs. Returns what was removed."""
+    removed = []
+    for p in out_dir.glob(STAGING_PREFIX + "*"):
+        parts = p.name[len(STAGING_PREFIX):].rsplit("-", 2)
+        if p.is_dir() and len(parts) == 3 and parts[1].isdigit() and not _pid_alive(int(parts[1])):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
 
 
 class ClipFailed(Exception):
@@ -332,7 +395,7 @@ def convert_clip(opts: Options, clip: Path) -> ClipReport:
         return ClipReport(clip, "skip", outputs=final)
     t0 = time.perf_counter()
     stages = {}
-    work = Path(tempfile.mkdtemp(prefix=f".microface-{clip.stem}-", dir=opts.out_dir))  # same disk: renames are atomic
+    work = _staging_folder(opts.out_dir, clip.stem)
     try:
         written = {}  # kind -> temporary file in `work`
         if opts.keep_result and not opts.force and final["npz"].is_file():
@@ -431,6 +494,7 @@ def main(argv: list[str], *, python: str | None = None, backend_root: Path | Non
         clips = find_clips(opts.inputs)
         _check_exporters(opts.exports)
         opts.out_dir.mkdir(exist_ok=True)
+        remove_stale_staging(opts.out_dir)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -438,7 +502,11 @@ def main(argv: list[str], *, python: str | None = None, backend_root: Path | Non
         print(f"error: cannot create the output folder: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     try:
-        reports = run(opts, clips, out)
+        with _termination_unwinds():
+            reports = run(opts, clips, out)
+    except Terminated as exc:
+        print(f"error: terminated by {exc}", file=sys.stderr)
+        return exc.code
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -165,6 +167,63 @@ def test_export_reimports_with_the_animation(run, blend, fmt):
     # micro-detail shape keys' tolerance) plus float32 rounding.
     assert max(errs.values()) <= blend.err + 1e-5
     assert max(errs.values()) <= 1e-4
+
+
+def _backend_pids(out: Path) -> list[int]:
+    """Processes running ``backend reconstruct`` into a file under ``out`` (Linux /proc)."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if "reconstruct" in args and any(str(out) in a for a in args):
+            pids.append(int(cmdline.parent.name))
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists() or not hasattr(signal, "SIGHUP"), reason="needs Linux /proc")
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
+def test_a_terminated_batch_stops_its_backend_and_leaves_nothing(tmp_path, sig):
+    # As `timeout` or a closed terminal does it: the signal reaches only the plain python3 that the
+    # user started, which re-executes the batch in the .venv; before, the backend ran on at full CPU
+    # and a staging folder stayed in the output folder.
+    base = Path(getattr(sys, "_base_executable", "") or "")
+    if not base.is_file() or ".venv" in base.parts:
+        pytest.skip("no Python outside the .venv to start build.py as a user does")
+    out = tmp_path / "out"
+    proc = subprocess.Popen([str(base), str(ROOT / "build.py"), str(shared_video("single_face.mp4")), "-o", str(out),
+                             "--end", str(END)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not _backend_pids(out) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert _backend_pids(out), "the backend never started"
+        proc.send_signal(getattr(signal, sig))
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + getattr(signal, sig)
+    assert err.strip().splitlines()[-1] == f"error: terminated by {sig}", err
+    deadline = time.monotonic() + 5
+    while _backend_pids(out) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _backend_pids(out)
+    assert list(out.iterdir()) == []
+
+
+def test_a_killed_batchs_staging_folder_is_removed_by_the_next_run(batch_module, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = out / ".microface-my-clip-4194305-abc_12"     # above Linux's largest process id: never alive
+    alive = out / f".microface-clip-{os.getpid()}-xyz"   # a running batch's
+    foreign = out / ".microface-notes"                   # not a staging name: not ours to judge
+    for p in (dead, alive, foreign):
+        (p / "single_face.partial").mkdir(parents=True)
+    bad = tmp_path / "bad.mp4"
+    bad.write_text("not a video\n")
+    batch_module.main([str(bad), "-o", str(out)], python=sys.executable, backend_root=ROOT)
+    assert not dead.exists() and alive.is_dir() and foreign.is_dir()
 
 
 def test_rerun_skips_finished_clips(run):
