@@ -6,12 +6,14 @@ Progress goes to stdout as JSON lines, one object per line:
   {"event": "done", "output": "/abs/out.npz", "frames": 72, "seconds": 21.4, "warnings": [...]}
   {"event": "error", "message": "..."}
 Errors also print one line ``error: ...`` on stderr and exit non-zero (2: bad input or setup,
-1: internal error). No traceback unless ``--debug``.
+1: internal error, 130: Ctrl-C, 128 + N: signal N, SIGTERM or SIGHUP). No traceback unless ``--debug``.
+The stream always ends with ``done`` or ``error``.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 import traceback
@@ -76,6 +78,18 @@ def _emit(obj: dict) -> None:
     sys.stdout.flush()
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP: unwinds like Ctrl-C, so partial files are removed and the stream ends."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.code = 128 + signum
+
+
+def _raise_terminated(signum, _frame):
+    raise _Terminated(signum)
+
+
 def _fail(message: str, code: int) -> int:
     _emit({"event": "error", "message": message})
     print(f"error: {message}", file=sys.stderr)
@@ -84,6 +98,20 @@ def _fail(message: str, code: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    previous = {}
+    try:
+        for s in (getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)):
+            previous[s] = signal.signal(s, _raise_terminated)
+    except ValueError:  # not the main thread (an embedding caller): signals stay as they were
+        pass
+    try:
+        return _main(args)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         if args.command == "overlay":
             from .overlay import overlay_frames
@@ -132,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except MicroFaceError as exc:
         return _fail(str(exc), exc.code)
+    except _Terminated as exc:
+        return _fail(f"terminated by {exc}", exc.code)
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
     except Exception as exc:  # a bug, not bad input: still one line for the user

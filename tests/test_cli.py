@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -77,6 +78,27 @@ def test_bad_fit_settings_are_refused_before_the_video_is_read(capsys, tmp_path,
     code, events, err = _run(capsys, argv)
     _assert_clean_failure(code, events, err, out, words, flag)
     assert code == 2
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="POSIX signals")
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
+def test_a_terminated_backend_ends_its_stream_with_an_error(tmp_path, sig):
+    # Before, SIGTERM ended the progress stream with neither done nor error.
+    out = tmp_path / "r.npz"
+    proc = subprocess.Popen([sys.executable, "-m", "backend", "reconstruct", str(shared_video("single_face.mp4")),
+                             "-o", str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = json.loads(proc.stdout.readline())          # the first stage event: the run is under way
+        assert first["event"] == "stage"
+        proc.send_signal(getattr(signal, sig))
+        rest, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    events = [json.loads(line) for line in rest.splitlines() if line.strip()]
+    assert events[-1] == {"event": "error", "message": f"terminated by {sig}"}
+    assert proc.returncode == 128 + getattr(signal, sig)
+    assert err.strip().splitlines()[-1] == f"error: terminated by {sig}"
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_one_frame_clip(capsys, tmp_path):
