@@ -191,6 +191,10 @@ def load_flame(flame: str | Path | None = None, assets: str | Path | None = None
 
     parents = kin[0].copy()
     parents[parents >= n_j] = -1  # root is stored as uint32 max
+    # Skinning and the result's rig both walk the joints parents first (backend/result.py).
+    if parents[0] != -1 or np.any((parents[1:] < 0) | (parents[1:] >= np.arange(1, n_j))):
+        raise MicroFaceError(f"head model {path} is malformed: kintree_table's parents {parents.tolist()} must be "
+                             f"none for joint 0 and an earlier joint for every other joint")
     posedirs = None
     if "posedirs" in d:
         pd = np.asarray(d["posedirs"], np.float64)

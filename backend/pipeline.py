@@ -7,6 +7,7 @@ decoded) with a :class:`MicroFaceError`.
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -38,6 +39,10 @@ def _check_output(path: str | os.PathLike) -> Path:
         raise MicroFaceError(f"cannot write {out}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK):
         raise MicroFaceError(f"cannot write {out}: folder {existing} is not writable")
+    try:   # access() says yes to root on read-only or virtual file systems (/proc): try it
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as exc:
+        raise MicroFaceError(f"cannot write {out}: {exc.strerror or exc} in folder {existing}") from None
     if out.suffix != ".npz":
         raise MicroFaceError(f"output {out} must end in .npz")
     return out
@@ -193,6 +198,14 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
     from .video import read_clip
 
     model = _timed(timings, "load_model", load_flame, cfg.flame, cfg.assets)
+    net, weights_info = None, None
+    if cfg.refine:   # a missing, corrupt or foreign weights file is found before the video is read
+        from .config import WEIGHTS_DIR, asset_id, resolve_asset
+        from .model import load_weights
+
+        wpath = resolve_asset("weights", cfg.weights, folders=(WEIGHTS_DIR,))
+        net = load_weights(wpath, model, device)
+        weights_info = {"path": str(wpath), "id": asset_id(wpath)}
     clip = _timed(timings, "decode", read_clip, video, cfg.video, progress)
     lms = _timed(timings, "landmarks", detect_landmarks, clip, cfg.landmarks, progress)
     fe = run_frontend(clip, lms, model, cfg, device, progress, timings)
@@ -200,7 +213,7 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
     inputs = network_inputs(fe)
 
     vertices, vertices_init, expr, pose = fit.vertices, fit.vertices, fit.expr, fit.pose
-    weights_info, warnings, photometric, reader_info, net = None, [], None, None, None
+    warnings, photometric, reader_info = [], None, None
     drift = cfg.drift_sigma_s * clip.fps
     reading = None
     if cfg.reader.enabled:
@@ -209,16 +222,11 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
                        "patterns": int(len(reading.patterns)), "prior_weight": round(reading.prior_weight, 4),
                        "noise_mm": round(reading.noise_mm, 5)}
     refined = None
-    if cfg.refine:
-        from .config import WEIGHTS_DIR, asset_id, resolve_asset
-        from .model import load_weights
+    if net is not None:
         from .refine import refine_sample
 
-        wpath = resolve_asset("weights", cfg.weights, folders=(WEIGHTS_DIR,))
-        net = load_weights(wpath, model, device)
         refined = _timed(timings, "refine", refine_sample, net, inputs, clip.frame_indices, drift,
                          psi=(reading.expr, reading.pose) if reading else None)
-        weights_info = {"path": str(wpath), "id": asset_id(wpath)}
         used = cfg.flow.recipe()
         if net.trained_flow is not None and net.trained_flow != used:
             warnings.append(f"the network was trained on {net.trained_flow['method']} flow at "

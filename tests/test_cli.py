@@ -125,6 +125,50 @@ def test_unwritable_output(capsys, tmp_path):
     assert events[-1]["event"] == "error"
 
 
+def _head_model_with_a_bad_rig(tmp_path: Path) -> Path:
+    """The stand-in head model with joint 1's parent made a later joint (a loop in the rig)."""
+    from backend.config import assets_folder, resolve_asset
+    from backend.safe_pickle import load
+
+    data = load(resolve_asset("flame", None, folders=(assets_folder(None),)))
+    kin = np.array(data["kintree_table"], np.int64)
+    kin[0, 1] = kin.shape[1] - 1
+    path = tmp_path / "looped.pkl"
+    path.write_bytes(pickle.dumps({**data, "kintree_table": kin}))
+    return path
+
+
+@pytest.mark.parametrize("setup", ["missing weights", "corrupt weights", "virtual output folder", "looped rig"])
+def test_setup_errors_come_before_the_video_is_read(capsys, tmp_path, setup):
+    # Before, the weights were read after decode, landmarks, flow and the fit (13-23 s), an output
+    # in /proc failed after the whole run, and a looped rig only at the write, blaming rig_parents.
+    out = tmp_path / "r.npz"
+    argv = ["reconstruct", str(tmp_path / "not-read.mp4"), "-o", str(out)]
+    if setup == "missing weights":
+        argv += ["--network", "--weights", str(tmp_path / "nope.pt")]
+        words = ("nope.pt",)
+    elif setup == "corrupt weights":
+        (tmp_path / "broken.pt").write_bytes(b"PK\x03\x04 not a torch file" * 20)
+        argv += ["--network", "--weights", str(tmp_path / "broken.pt")]
+        words = ("broken.pt",)
+    elif setup == "virtual output folder":
+        if not Path("/proc/self").is_dir():
+            pytest.skip("no /proc here")
+        out = Path("/proc/microface-test.npz")
+        argv[3] = str(out)
+        words = ("cannot write", "/proc")
+    else:
+        argv += ["--flame", str(_head_model_with_a_bad_rig(tmp_path))]
+        words = ("looped.pkl", "kintree_table")
+    code, events, err = _run(capsys, argv)
+    assert code == 2 and "not-read.mp4" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and events[-1]["event"] == "error", err
+    for w in words:
+        assert w in lines[0], lines[0]
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("kind", ["malicious", "corrupt"])
 def test_bad_head_model(capsys, tmp_path, kind):
     video = shared_video("single_face.mp4")
