@@ -64,6 +64,10 @@ _OPTIONAL_ARRAYS: dict[str, tuple[str, tuple, bool]] = {
     # Per-vertex region (index into REGION_NAMES, -1 outside): lets a reader weigh edits by region.
     "rig_region_labels": ("int8", ("V",), False),
 }
+# Arrays in metres (per unit coefficient for rig_expr_dirs) whose magnitude must stay under this:
+# a head is metres from its camera, and 1e30 passes the finite check yet breaks every reader.
+_MAX_ABS_M = 1000.0
+_METRES = ("vertices", "vertices_init", "trans", "rig_rest_vertices", "rig_expr_dirs", "rig_joints")
 # Integer arrays whose values must lie in [low, high] (checked before narrowing, which would wrap).
 _VALUE_RANGES = {"rig_region_labels": (-1, len(REGION_NAMES) - 1)}
 RIG_ARRAYS = ("rig_rest_vertices", "rig_expr_dirs", "rig_joints", "rig_parents", "rig_skin_weights")
@@ -245,6 +249,9 @@ def validate(arrays: Mapping[str, Any], meta: Any, where: str = "result") -> dic
         a = a.astype(dtype, copy=False)
         if finite and not np.isfinite(a).all():
             raise ResultError(f"{where}: array {name!r} holds NaN or infinite values")
+        if name in _METRES and a.size and np.abs(a).max() > _MAX_ABS_M:
+            raise ResultError(f"{where}: array {name!r} holds {float(np.abs(a).max()):.3g} m; a head's coordinates "
+                              f"are metres (at most {_MAX_ABS_M:g})")
         out[name] = a
 
     t, v = dims["T"], dims["V"]

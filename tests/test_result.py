@@ -175,6 +175,21 @@ def _rig(**changes):
     return make_result(**{**make_rig(), **changes})
 
 
+def test_absurd_magnitudes_are_refused_on_write_and_read(tmp_path):
+    # Before, rig_rest_vertices near 1e38 ended the import in a traceback (float NaN to integer) and
+    # vertices x 1e30 imported "successfully" with "max error inf mm".
+    good = make_result()
+    with pytest.raises(ResultError, match=r"'vertices' holds .* m; a head's coordinates are metres"):
+        write_result(tmp_path / "x.npz", make_result(vertices=good.vertices * 1e30))
+    path = write_result(tmp_path / "r.npz", good)
+    with np.load(path, allow_pickle=False) as z:
+        arrays = dict(z)
+    arrays["vertices"] = arrays["vertices"] * np.float32(1e30)
+    np.savez(tmp_path / "edited.npz", **arrays)
+    with pytest.raises(ResultError, match=r"'vertices' holds .* m"):
+        read_result(tmp_path / "edited.npz")
+
+
 @pytest.mark.parametrize("res, message", [
     (_rig(rig_joints=None), r"rig arrays come as a set; rig_joints missing"),
     (_rig(rig_expr_dirs=np.zeros((2, 12, 3))), r"'rig_expr_dirs'.*axis 0 should be n_expr=3"),
@@ -185,6 +200,7 @@ def _rig(**changes):
     (_rig(rig_parents=np.array([0, 0, 1, 1, 1])), r"rig_parents .* must be -1 for joint 0"),
     (_rig(rig_parents=np.zeros(5, np.float32)), r"'rig_parents' has dtype float32; expected integers"),
     (_rig(rig_joints=np.full((5, 3), np.inf)), r"'rig_joints' holds NaN or infinite"),
+    (_rig(rig_rest_vertices=np.full((12, 3), 1e38)), r"'rig_rest_vertices' holds 1e\+38 m; a head's coordinates"),
 ])
 def test_writer_refuses_bad_rig_arrays(tmp_path, res, message):
     with pytest.raises(ResultError, match=message):
