@@ -80,7 +80,6 @@ def read_clip(path: str | os.PathLike, cfg: VideoConfig | None = None, progress:
         raise MicroFaceError(f"video not found: {path}")
     if path.is_dir():
         raise MicroFaceError(f"{path} is a directory, not a video file")
-    start, end = _check_range(cfg, min_frames)
     if cfg.max_side < 16:
         raise MicroFaceError(f"max_side {cfg.max_side} is too small to find a face; use at least 16")
 
@@ -91,6 +90,9 @@ def read_clip(path: str | os.PathLike, cfg: VideoConfig | None = None, progress:
     try:
         if not cap.isOpened():
             raise MicroFaceError(f"{path.name} is not a video OpenCV can decode")
+        # After the open: Blender gives a movie strip it cannot decode one frame, and "not a video"
+        # is the problem to name, not the range.
+        start, end = _check_range(cfg, min_frames)
         fps = _frame_rate(cap, cfg, path)
         hint = float(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0.0)  # may be 0, NaN or off by a few
         count = int(hint) if math.isfinite(hint) and hint > 0 else 0

@@ -68,6 +68,8 @@ def bad_inputs(tmp_path_factory) -> dict[str, Path]:
     ("missing.mp4", {}, r"video not found: .*missing\.mp4"),
     ("folder.mp4", {}, r"folder\.mp4 is a directory, not a video file"),
     ("notes.mp4", {}, r"notes\.mp4 is not a video OpenCV can decode"),
+    # Blender gives a movie strip it cannot decode one frame: the file, not the range, is the problem.
+    ("notes.mp4", {"start": 0, "end": 0}, r"notes\.mp4 is not a video OpenCV can decode"),
     ("noise.mp4", {}, r"noise\.mp4 is not a video OpenCV can decode"),
     ("empty.mp4", {}, r"empty\.mp4 is not a video OpenCV can decode"),
     ("one_frame.mp4", {}, r"one_frame\.mp4 has a single frame .* at least 2 are needed for optical flow"),
