@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -170,7 +171,11 @@ def load_weights(path: str | os.PathLike, model: FlameModel, device: str = "cpu"
     if not path.is_file():
         raise MicroFaceError(f"weights file {path} not found; pass --weights PATH or reinstall MicroFace")
     try:
-        payload = torch.load(path, map_location=device, weights_only=True)
+        with warnings.catch_warnings():
+            # A raw pickle makes torch warn about its protocol before refusing it: the one-line
+            # error below says it all.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            payload = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:  # unpickling refused, truncated zip, not a torch file...
         raise MicroFaceError(f"weights file {path} is corrupt or not MicroFace weights "
                              f"({type(exc).__name__})") from None

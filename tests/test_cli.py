@@ -138,7 +138,8 @@ def _head_model_with_a_bad_rig(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("setup", ["missing weights", "corrupt weights", "virtual output folder", "looped rig"])
+@pytest.mark.parametrize("setup", ["missing weights", "corrupt weights", "raw-pickle weights", "virtual output folder",
+                                   "looped rig"])
 def test_setup_errors_come_before_the_video_is_read(capsys, tmp_path, setup):
     # Before, the weights were read after decode, landmarks, flow and the fit (13-23 s), an output
     # in /proc failed after the whole run, and a looped rig only at the write, blaming rig_parents.
@@ -151,6 +152,10 @@ def test_setup_errors_come_before_the_video_is_read(capsys, tmp_path, setup):
         (tmp_path / "broken.pt").write_bytes(b"PK\x03\x04 not a torch file" * 20)
         argv += ["--network", "--weights", str(tmp_path / "broken.pt")]
         words = ("broken.pt",)
+    elif setup == "raw-pickle weights":   # torch warned about its protocol in two more lines
+        (tmp_path / "raw.pt").write_bytes(pickle.dumps({"format": "microface", "state": [1, 2]}, protocol=4))
+        argv += ["--network", "--weights", str(tmp_path / "raw.pt")]
+        words = ("raw.pt",)
     elif setup == "virtual output folder":
         if not Path("/proc/self").is_dir():
             pytest.skip("no /proc here")
