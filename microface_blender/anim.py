@@ -1,4 +1,4 @@
-"""Bulk keyframe writing: one action per animated datablock, whole F-curves set at once.
+"""Bulk keyframe writing and reading back: one action per animated datablock, whole F-curves set at once.
 
 Blender 4.4+ stores keys in layered actions (slot -> layer -> keyframe strip -> channelbag);
 older versions keep F-curves on the action itself. Keys are written with ``keyframe_points.add``
@@ -10,6 +10,7 @@ import bpy
 import numpy as np
 
 _INTERPOLATION = bpy.types.Keyframe.bl_rna.properties["interpolation"].enum_items
+LAYERED_ACTIONS = (4, 4, 0)   # the first Blender whose actions hold slots, layers and channelbags
 
 
 class ActionWriter:
@@ -19,7 +20,7 @@ class ActionWriter:
         self.action = bpy.data.actions.new(name)
         self.slot = None
         try:
-            if bpy.app.version >= (4, 4, 0):  # layered actions
+            if bpy.app.version >= LAYERED_ACTIONS:
                 self.slot = self.action.slots.new(id_type=id_type, name=slot_name)
                 strip = self.action.layers.new("Layer").strips.new(type='KEYFRAME')
                 bag = strip.channelbag(self.slot, ensure=True)
@@ -51,3 +52,24 @@ class ActionWriter:
         anim.action = self.action
         if self.slot is not None:
             anim.action_slot = self.slot
+
+
+def action_fcurves(id_data, version: tuple[int, int, int] | None = None) -> list:
+    """Every F-curve animating ``id_data``, found where :class:`ActionWriter` put it for Blender
+    ``version`` (default the running one): its slot's channelbags in a layered action (4.4+), the
+    action's own F-curves before."""
+    version = tuple(bpy.app.version) if version is None else tuple(version)
+    anim = getattr(id_data, "animation_data", None)
+    if anim is None or anim.action is None:
+        return []
+    if version < LAYERED_ACTIONS:
+        return list(anim.action.fcurves)
+    if anim.action_slot is None:
+        return []
+    out = []
+    for layer in anim.action.layers:
+        for strip in layer.strips:
+            bag = strip.channelbag(anim.action_slot)
+            if bag is not None:
+                out.extend(bag.fcurves)
+    return out

@@ -15,6 +15,7 @@ import numpy as np
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty
 
 from . import keyframe_math as km
+from .anim import action_fcurves
 from .importer import BONE_REGIONS, DETAIL_PREFIX, KEY_REGIONS, PROP_PREFIX
 
 _MARK = PROP_PREFIX + "frames"  # every imported rig and head carries it
@@ -45,20 +46,6 @@ def find_head(obj):
     return rig, head
 
 
-def _fcurves(id_data) -> list:
-    """Every F-curve of ``id_data``'s action for its slot (Blender 5.0 layered actions)."""
-    anim = getattr(id_data, "animation_data", None)
-    if anim is None or anim.action is None or anim.action_slot is None:
-        return []
-    out = []
-    for layer in anim.action.layers:
-        for strip in layer.strips:
-            bag = strip.channelbag(anim.action_slot)
-            if bag is not None:
-                out.extend(bag.fcurves)
-    return out
-
-
 def _unescape(name: str) -> str:
     return re.sub(r'\\(.)', r'\1', name)
 
@@ -71,14 +58,14 @@ class _Channels:
         self.rotations = {}    # bone -> [fcurve or None] * 4 (w, x, y, z)
         self.locations = {}    # bone -> [fcurve or None] * 3
         self.other = []        # curves the tools do not interpret (baked only)
-        for fc in _fcurves(head.data.shape_keys):
+        for fc in action_fcurves(head.data.shape_keys):
             m = _KEY_PATH.match(fc.data_path)
             if m:
                 name = _unescape(m.group(1))
                 self.keys.append((fc, name, name.startswith(DETAIL_PREFIX)))
             else:
                 self.other.append(fc)
-        for fc in _fcurves(rig) if rig is not None else ():
+        for fc in action_fcurves(rig) if rig is not None else ():
             m = _BONE_PATH.match(fc.data_path)
             if m:
                 table = self.rotations if m.group(2) == "rotation_quaternion" else self.locations

@@ -341,3 +341,21 @@ def test_each_tool_is_one_undo_step(head, tool, kwargs):
     restored = copy.copy(head)
     restored.rig, restored.mesh = bpy.data.objects[rig_name], bpy.data.objects[mesh_name]
     assert _snapshot(restored) == before
+
+
+def test_keys_are_read_back_where_each_blender_version_writes_them(head):
+    """The tools read F-curves through anim.action_fcurves, which follows ActionWriter: slot
+    channelbags from Blender 4.4 (the running 5.0), the action's own list before (the manifest
+    admits 4.2), checked on a stand-in of the older API."""
+    from types import SimpleNamespace
+
+    from microface_blender.anim import action_fcurves
+
+    keys = head.mesh.data.shape_keys
+    layered = action_fcurves(keys)
+    assert layered and {fc.data_path for fc in layered} <= {f'key_blocks["{b.name}"].value' for b in keys.key_blocks}
+    old = SimpleNamespace(animation_data=SimpleNamespace(action=SimpleNamespace(fcurves=tuple(layered[:3]))))
+    assert action_fcurves(old, version=(4, 2, 0)) == layered[:3]
+    assert action_fcurves(old, version=(4, 3, 2)) == layered[:3]
+    assert action_fcurves(SimpleNamespace(animation_data=None), version=(4, 2, 0)) == []
+    assert action_fcurves(head.rig)   # the bones' curves, through the rig's own slot
