@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
@@ -63,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--iters", type=int, help="fit iterations")
     r.add_argument("--focal", type=float, help="camera focal length in source pixels (default: max(width, height))")
     r.add_argument("--quiet", action="store_true", help="no progress lines, only the final one")
+    r.add_argument("--exit-with-stdin", action="store_true",
+                   help="stop, as on SIGTERM, when standard input closes: a parent that holds it open and "
+                        "dies, even by SIGKILL, takes the run with it")
     r.add_argument("--debug", action="store_true", help="show tracebacks for internal errors")
     o = sub.add_parser("overlay", help="draw a result's meshes over its source frames, as PNGs")
     o.add_argument("result", help="result file (.npz)")
@@ -111,8 +115,27 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(s, handler)
 
 
+def _watch_stdin() -> None:
+    """Block until standard input closes, then interrupt the main thread as SIGTERM would."""
+    import _thread
+
+    try:
+        fd = sys.stdin.fileno()
+        # os.read, not sys.stdin: a daemon thread blocked in the buffered reader aborts the
+        # interpreter at its exit (it cannot take the buffer's lock).
+        while os.read(fd, 65536):
+            pass
+    except (OSError, ValueError):
+        pass
+    _thread.interrupt_main(signal.SIGTERM)
+
+
 def _main(args: argparse.Namespace) -> int:
     try:
+        if getattr(args, "exit_with_stdin", False):
+            import threading
+
+            threading.Thread(target=_watch_stdin, name="microface-stdin", daemon=True).start()
         if args.command == "overlay":
             from .overlay import overlay_frames
 

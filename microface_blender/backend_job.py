@@ -156,7 +156,7 @@ def build_command(settings: BackendSettings, video: str | Path, output: str | Pa
     """The child's argv."""
     cmd = [str(Path(settings.python).expanduser()), "-m", "backend", "reconstruct",
            str(Path(video).expanduser().absolute()), "-o", str(output), "--start", str(int(start)),
-           "--end", str(int(end)), "--device", settings.device.lower()]
+           "--end", str(int(end)), "--device", settings.device.lower(), "--exit-with-stdin"]
     if settings.flame:
         cmd += ["--flame", str(Path(settings.flame).expanduser().absolute())]
     if not settings.refine:
@@ -251,7 +251,9 @@ class Job:
         else:
             kwargs["start_new_session"] = True  # a Ctrl-C in Blender's terminal is not meant for the child
         try:
-            self._proc = subprocess.Popen(cmd, cwd=str(self.cwd), env=self.env, stdin=subprocess.DEVNULL,
+            # stdin: a pipe only this process holds, never written; if Blender or the batch dies,
+            # even by SIGKILL, it closes and a backend started with --exit-with-stdin stops.
+            self._proc = subprocess.Popen(cmd, cwd=str(self.cwd), env=self.env, stdin=subprocess.PIPE,
                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                           encoding="utf-8", errors="replace", bufsize=1, **kwargs)
         except OSError as exc:
@@ -308,8 +310,15 @@ class Job:
             self._finish()
         return new
 
+    def _close_stdin(self) -> None:
+        try:
+            self._proc.stdin.close()
+        except (OSError, AttributeError):
+            pass
+
     def _finish(self) -> None:
         self.returncode = self._proc.wait()
+        self._close_stdin()
         for t in self._threads:
             t.join(timeout=1.0)  # stderr may trail stdout by a moment
         self.finished = time.perf_counter()
@@ -383,6 +392,7 @@ class Job:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        self._close_stdin()
         self.returncode = proc.returncode
         for t in self._threads:
             t.join(timeout=1.0)

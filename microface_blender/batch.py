@@ -228,7 +228,8 @@ def outputs(opts: Options, clip: Path) -> dict[str, Path]:
 
 
 def backend_command(opts: Options, clip: Path, npz: Path) -> list[str]:
-    return [opts.python, "-m", "backend", "reconstruct", str(clip), "-o", str(npz), *opts.backend_args]
+    return [opts.python, "-m", "backend", "reconstruct", str(clip), "-o", str(npz), "--exit-with-stdin",
+            *opts.backend_args]
 
 
 def run_backend(opts: Options, clip: Path, npz: Path) -> None:

@@ -93,9 +93,10 @@ def test_command_line_and_environment(fake):
     cmd = bj.build_command(settings, video, "/c/out.npz", 3, 40)
     assert cmd[:4] == [sys.executable, "-m", "backend", "reconstruct"]
     assert cmd[4:] == [str(video), "-o", "/c/out.npz", "--start", "3", "--end", "40", "--device", "cpu",
-                       "--flame", settings.flame]
+                       "--exit-with-stdin", "--flame", settings.flame]
     s2 = bj.BackendSettings(python="py", cache_dir="c", device="AUTO", refine=False, photometric=False, flow="tvl1")
-    assert bj.build_command(s2, video, "o.npz", 0, 1)[-5:] == ["auto", "--no-refine", "--no-photometric", "--flow", "tvl1"]
+    assert bj.build_command(s2, video, "o.npz", 0, 1)[-6:] == ["auto", "--exit-with-stdin", "--no-refine", "--no-photometric",
+                                                        "--flow", "tvl1"]
     job = _run(fake, "ok")
     seen = json.loads(log.read_text())
     assert seen["cwd"] == settings.checkout and seen["pythonpath"] == settings.checkout  # Blender's PYTHONHOME dropped

@@ -7,6 +7,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +100,34 @@ def test_a_terminated_backend_ends_its_stream_with_an_error(tmp_path, sig):
     assert proc.returncode == 128 + getattr(signal, sig)
     assert err.strip().splitlines()[-1] == f"error: terminated by {sig}"
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(os.name != "posix", reason="SIGKILL of the parent")
+def test_a_backend_whose_parent_is_killed_stops(tmp_path):
+    # The add-on and the batch hold the child's stdin open and pass --exit-with-stdin: a parent
+    # killed outright (SIGKILL, no cleanup of its own) no longer leaves the backend running.
+    out = tmp_path / "r.npz"
+    parent = subprocess.Popen(
+        [sys.executable, "-c", "import subprocess, sys, time; "
+         "p = subprocess.Popen(sys.argv[1:], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL); "
+         "print(p.pid, flush=True); time.sleep(600)",
+         sys.executable, "-m", "backend", "reconstruct", str(shared_video("single_face.mp4")), "-o", str(out),
+         "--exit-with-stdin"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    time.sleep(2.0)                                    # well into decoding and landmarks
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the backend ran on after its parent was killed")
+    assert not out.exists()
 
 
 def test_one_frame_clip(capsys, tmp_path):
