@@ -152,6 +152,37 @@ def cache_path(video: str | Path, start: int, end: int, settings: BackendSetting
     return Path(settings.cache_dir).expanduser().absolute() / f"{stem}_{int(start)}-{int(end)}_{key}.npz"
 
 
+def staging_folder(parent: Path, name: str, suffix: str = "") -> Path:
+    """A new private folder ``<name>-<pid>-<random><suffix>`` in ``parent``: the process id lets
+    a later run tell a killed process's leftovers from a running one's (:func:`remove_stale_staging`)."""
+    return Path(tempfile.mkdtemp(prefix=f"{name}-{os.getpid()}-", suffix=suffix, dir=parent))
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name != "posix":
+        return True   # no safe liveness check here (os.kill would terminate it): keep the folder
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_staging(parent: Path, start: str, suffix: str = "") -> list[Path]:
+    """Remove the :func:`staging_folder` folders in ``parent`` whose names begin with ``start``
+    and end with ``suffix`` and whose process no longer runs on this machine (killed outright,
+    SIGKILL or power loss). Returns what was removed."""
+    removed = []
+    for p in parent.glob(f"{start}*{suffix}"):
+        parts = p.name[:len(p.name) - len(suffix)].rsplit("-", 2)
+        if p.is_dir() and len(parts) == 3 and parts[1].isdigit() and not _pid_alive(int(parts[1])):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
 def build_command(settings: BackendSettings, video: str | Path, output: str | Path, start: int, end: int) -> list[str]:
     """The child's argv."""
     cmd = [str(Path(settings.python).expanduser()), "-m", "backend", "reconstruct",
@@ -240,8 +271,8 @@ class Job:
             return self
         try:
             self.output.parent.mkdir(parents=True, exist_ok=True)
-            self._staging = Path(tempfile.mkdtemp(prefix=f".{self.output.stem}.", suffix=".partial",
-                                                  dir=self.output.parent))
+            remove_stale_staging(self.output.parent, ".", ".partial")   # from a Blender killed mid-run
+            self._staging = staging_folder(self.output.parent, f".{self.output.stem}", ".partial")
         except OSError as exc:
             return self._fail(f"cannot write the cache folder {self.output.parent}: {exc.strerror or exc}")
         cmd = [str(self._staging / self.output.name) if c == str(self.output) else c for c in self.command]

@@ -21,7 +21,6 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from pathlib import Path
 import bpy
 
 from . import paths
+from .backend_job import remove_stale_staging, staging_folder
 from .importer import PROP_PREFIX, ImportFailed, import_result
 
 # Suffixes taken from a folder (case-insensitive, not recursive); a file named directly is always tried.
@@ -76,37 +76,7 @@ def _termination_unwinds():
             signal.signal(s, handler)
 
 
-STAGING_PREFIX = ".microface-"
-
-
-def _staging_folder(out_dir: Path, stem: str) -> Path:
-    """A private folder in ``out_dir`` (same disk: renames are atomic), named with this process's
-    id so that a later run can tell a killed run's leftovers from a running batch's."""
-    return Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{stem}-{os.getpid()}-", dir=out_dir))
-
-
-def _pid_alive(pid: int) -> bool:
-    if os.name != "posix":
-        return True   # no safe liveness check here (os.kill would terminate): keep the folder
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def remove_stale_staging(out_dir: Path) -> list[Path]:
-    """Remove staging folders in ``out_dir`` left by batches that were killed (SIGKILL, power
-    loss): those whose process id no longer runs. Returns what was removed."""
-    removed = []
-    for p in out_dir.glob(STAGING_PREFIX + "*"):
-        parts = p.name[len(STAGING_PREFIX):].rsplit("-", 2)
-        if p.is_dir() and len(parts) == 3 and parts[1].isdigit() and not _pid_alive(int(parts[1])):
-            shutil.rmtree(p, ignore_errors=True)
-            removed.append(p)
-    return removed
+STAGING_PREFIX = ".microface-"   # a clip's staging folder in OUTDIR: .microface-<stem>-<pid>-<random>
 
 
 class ClipFailed(Exception):
@@ -396,7 +366,7 @@ def convert_clip(opts: Options, clip: Path) -> ClipReport:
         return ClipReport(clip, "skip", outputs=final)
     t0 = time.perf_counter()
     stages = {}
-    work = _staging_folder(opts.out_dir, clip.stem)
+    work = staging_folder(opts.out_dir, f"{STAGING_PREFIX}{clip.stem}")   # same disk: renames are atomic
     try:
         written = {}  # kind -> temporary file in `work`
         if opts.keep_result and not opts.force and final["npz"].is_file():
@@ -495,7 +465,7 @@ def main(argv: list[str], *, python: str | None = None, backend_root: Path | Non
         clips = find_clips(opts.inputs)
         _check_exporters(opts.exports)
         opts.out_dir.mkdir(exist_ok=True)
-        remove_stale_staging(opts.out_dir)
+        remove_stale_staging(opts.out_dir, STAGING_PREFIX)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

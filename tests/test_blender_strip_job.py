@@ -187,6 +187,20 @@ def test_cancel_stops_the_child_and_leaves_no_file(fake, mode, grace):
     assert job.poll() == [] or job.state == "cancelled"
 
 
+def test_a_killed_sessions_partial_folders_are_removed_by_the_next_job(fake):
+    # Blender killed outright leaves its job's .partial folder in the cache; a running Blender's
+    # (a live process id) and folders this module did not name stay.
+    cache = Path(fake[0].cache_dir)
+    cache.mkdir()
+    dead = cache / ".clip_0-12_abc-4194305-xyz.partial"         # above Linux's largest process id
+    alive = cache / f".clip_0-12_abc-{os.getpid()}-xyz.partial"
+    foreign = cache / ".clip.olderformat.partial"
+    for p in (dead, alive, foreign):
+        p.mkdir()
+    assert _run(fake, "ok").state == "done"
+    assert not dead.exists() and alive.is_dir() and foreign.is_dir()
+
+
 def test_setup_problems_are_reported_with_the_fix(fake, tmp_path):
     settings, environ, video, _ = fake
     assert bj.check_setup(settings, environ) is None
