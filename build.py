@@ -155,7 +155,7 @@ _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: the same sources give the
 
 def _pack_files() -> list[tuple[str, Path]]:
     """(name in the zip, source) for the extension: manifest and package at the root, plus
-    backend/result.py as the package's result.py (the one reader, copied, never kept twice)."""
+    backend/contract/result.py as the package's result.py (the one reader, copied, never kept twice)."""
     files = [("blender_manifest.toml", MANIFEST)]
     for path in sorted(PACKAGE.rglob("*")):
         rel = path.relative_to(PACKAGE)
@@ -164,8 +164,8 @@ def _pack_files() -> list[tuple[str, Path]]:
             continue
         files.append((rel.as_posix(), path))
     if any(name == "result.py" for name, _ in files):
-        raise SystemExit(f"error: {PACKAGE / 'result.py'} must not exist: pack copies backend/result.py there")
-    files.append(("result.py", ROOT / "backend" / "result.py"))
+        raise SystemExit(f"error: {PACKAGE / 'result.py'} must not exist: pack copies backend/contract/result.py there")
+    files.append(("result.py", ROOT / "backend" / "contract" / "result.py"))
     return files
 
 
@@ -186,7 +186,7 @@ def pack(out_dir: Path) -> Path:
     # Lets an installed extension find this checkout's .venv as the backend's default Python.
     build_info = json.dumps({"version": manifest["version"], "source_root": str(ROOT)}, indent=1)
     _repo_on_path()
-    from backend.atomic import atomic_path  # stdlib only, like this script
+    from backend.contract.atomic import atomic_path  # stdlib only, like this script
 
     entries = [(name, src.read_bytes()) for name, src in _pack_files()]
     entries.append(("build_info.json", build_info.encode()))

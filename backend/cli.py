@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="prior weight of the photometric refinement: larger trusts the network more (default 1000)")
     g = r.add_mutually_exclusive_group()
     g.add_argument("--reader", dest="reader", action="store_true", default=None,
-                   help="read the micro-expression from the flow through the fitted head (backend/flow_reader.py)")
+                   help="read the micro-expression from the flow through the fitted head (backend/capture/flow_reader.py)")
     g.add_argument("--no-reader", dest="reader", action="store_false", help="without the flow reader")
     r.add_argument("--reader-weight", type=float, metavar="LAMBDA",
                    help="the flow reader's prior weight, fixed: larger reads less motion (default: set from the "

@@ -40,7 +40,7 @@ ASSETS = {
                          "set MICROFACE_UV_TEMPLATE to FLAME's head_template.obj (the template with UVs)"),
     "weights": Asset("network weights", "MICROFACE_WEIGHTS", ("microface.pt",),
                      "pass --weights PATH or set MICROFACE_WEIGHTS to the trained network (MicroFace ships "
-                     "weights/microface.pt; python -m backend.train makes new ones)"),
+                     "weights/microface.pt; python -m backend.training.train makes new ones)"),
     "fan": Asset("FAN weights", "MICROFACE_FAN_DIR", ("2DFAN4-cd938726ad.zip", "2DFAN4_1.6-c827573f02.zip", "2DFAN4_1.5-a60332318a.zip"),
                  "pass --fan PATH or set MICROFACE_FAN_DIR to face-alignment's 2DFAN4 weights (or their folder)"),
 }
@@ -144,7 +144,7 @@ class AlignConfig:
 
 @dataclass
 class FlowConfig:
-    method: str = "dis"             # "dis" or "tvl1" (the paper's; see backend/flow.py for why DIS)
+    method: str = "dis"             # "dis" or "tvl1" (the paper's; see backend/capture/flow.py for why DIS)
     supersample: int = 2            # flow computed on a crop this many times the aligned side
     tau: float = 0.25
     lambda_: float = 0.15
@@ -174,7 +174,7 @@ class FitConfig:
 
 @dataclass
 class PhotometricConfig:
-    """backend/photometric.py: the network's micro-expression corrected from the frames' colours."""
+    """backend/net/photometric.py: the network's micro-expression corrected from the frames' colours."""
     # Off by default: after the flow reader it lowered the recovered share on training clips
     # (0.176 -> 0.023, benchmarks/bench_heldout.py on the own family's training seeds).
     enabled: bool = False
@@ -191,7 +191,7 @@ class PhotometricConfig:
 
 @dataclass
 class ReaderConfig:
-    """backend/flow_reader.py: the micro-expression read from the flow through the fitted head."""
+    """backend/capture/flow_reader.py: the micro-expression read from the flow through the fitted head."""
     enabled: bool = True
     # λ on the read motion (mm²) against the tracks' residual (crop px²) is max(prior_weight,
     # noise_weight * the clip's noise in mm², measured at noise_reference_weight); chosen on
@@ -211,13 +211,13 @@ class ReaderConfig:
 
 @dataclass
 class RegionCallConfig:
-    """The rule (backend.regions.active_regions) behind the result's ``region_detection`` when the
+    """The rule (backend.head.regions.active_regions) behind the result's ``region_detection`` when the
     network's weights carry none that fits: the fit alone, or the flow reader's motion."""
     # Calibrated for the flow reader's motion on training clips of all three evaluation families
     # (benchmarks/tune_reader.py: 0.797 of their regions called right).
     fraction: float = 0.7           # of the most-moving region's peak motion
     floor_mm: float = 0.0
-    noise_factor: float = 1.5       # times the clip's own noise floor (backend.regions.clip_noise_mm); 0 = off
+    noise_factor: float = 1.5       # times the clip's own noise floor (backend.head.regions.clip_noise_mm); 0 = off
 
 
 @dataclass

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_path
+from .contract.atomic import atomic_path
 from .errors import MicroFaceError
 
 
@@ -22,10 +22,10 @@ def overlay_frames(result_path: str | os.PathLike, video: str | os.PathLike, out
     """Write ``<out_dir>/overlay_<source frame>.png`` for source ``frames`` (default: first, middle, last)."""
     import cv2
 
+    from .capture.video import read_clip
     from .config import VideoConfig
-    from .render import Light, render
-    from .result import ResultError, read_result
-    from .video import read_clip
+    from .contract.result import ResultError, read_result
+    from .head.render import Light, render
 
     try:
         res = read_result(result_path)

@@ -17,12 +17,12 @@ from typing import Callable
 import numpy as np
 
 from . import __version__
-from .align import Alignment
+from .capture.align import Alignment
+from .capture.fit import FitResult
+from .capture.landmarks import Landmarks
+from .capture.video import Clip
 from .config import ReconstructConfig, pick_device
 from .errors import MicroFaceError
-from .fit import FitResult
-from .landmarks import Landmarks
-from .video import Clip
 
 Progress = Callable[[str, int, int], None]
 
@@ -69,7 +69,7 @@ def region_attention(flow: np.ndarray, vertices: np.ndarray, labels: np.ndarray,
     (T, 2, 3) -> intensity (T, R) crop px and attention (T, R)."""
     import torch
 
-    from .dgmd import attention_weights, region_centroids, region_flow_intensity
+    from .net.dgmd import attention_weights, region_centroids, region_flow_intensity
 
     f32 = dict(dtype=torch.float32)
     with torch.no_grad():
@@ -106,9 +106,9 @@ def _timed(timings: dict, name: str, fn, *a, **kw):
 def run_frontend(clip: Clip, lms: Landmarks, model, cfg: ReconstructConfig, device: str = "cpu",
                  progress: Progress | None = None, timings: dict | None = None) -> Frontend:
     """Alignment, optical flow and the static fit (anchored on the first frame), in that order."""
-    from .align import align_faces
-    from .fit import fit_sequence
-    from .flow import aligned_flow
+    from .capture.align import align_faces
+    from .capture.fit import fit_sequence
+    from .capture.flow import aligned_flow
 
     timings = {} if timings is None else timings
     alignment = _timed(timings, "align", align_faces, clip, lms, cfg.align)
@@ -121,8 +121,8 @@ def run_frontend(clip: Clip, lms: Landmarks, model, cfg: ReconstructConfig, devi
 def reader_flow(fe: Frontend, cfg: ReconstructConfig, progress: Progress | None = None,
                 timings: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The flow reader's input: flow from anchor frames every ``cfg.reader.anchor_every_s`` seconds
-    (backend.flow.anchor_pairs). Returns (pairs (T-1, 2), flows (T-1, S, S, 2) crop px)."""
-    from .flow import aligned_flow, anchor_pairs
+    (backend.capture.flow.anchor_pairs). Returns (pairs (T-1, 2), flows (T-1, S, S, 2) crop px)."""
+    from .capture.flow import aligned_flow, anchor_pairs
 
     clip = fe.clip
     pairs = anchor_pairs(len(clip.frames), max(1, round(cfg.reader.anchor_every_s * clip.fps)))
@@ -133,10 +133,10 @@ def reader_flow(fe: Frontend, cfg: ReconstructConfig, progress: Progress | None 
 
 def read_motion(fe: Frontend, model, cfg: ReconstructConfig, progress: Progress | None = None,
                 timings: dict | None = None, flows: tuple[np.ndarray, np.ndarray] | None = None):
-    """The flow reader on a processed clip (backend/flow_reader.py). ``flows``: :func:`reader_flow`'s
+    """The flow reader on a processed clip (backend/capture/flow_reader.py). ``flows``: :func:`reader_flow`'s
     output when already made (it depends on the flow and anchor settings, not on the reader's).
     Returns its FlowReading."""
-    from .flow_reader import read_flow
+    from .capture.flow_reader import read_flow
 
     timings = {} if timings is None else timings
     clip, fit = fe.clip, fe.fit
@@ -150,7 +150,7 @@ def network_inputs(fe: Frontend) -> dict[str, np.ndarray]:
     """The network's inputs in the training-sample layout (docs/learned_modules.md), in SOURCE
     pixels (a decode downscale undone), without the crops: flow pooled to 112, align, intrinsics,
     image_size, lmk_mp, lmk_68, valid, fit_shape/expr/pose/trans. float32."""
-    from .flow import pool_flow
+    from .capture.flow import pool_flow
 
     clip, fit = fe.clip, fe.fit
     inv = 1.0 / clip.scale
@@ -174,7 +174,7 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
                 progress: Progress | None = None):
     """Run every stage on ``video`` and write the result file atomically to ``output``.
 
-    Returns (absolute output path, :class:`backend.result.Result`).
+    Returns (absolute output path, :class:`backend.contract.result.Result`).
     """
     cfg = cfg or ReconstructConfig()
     progress = progress or (lambda stage, done, total: None)
@@ -193,15 +193,15 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
                              f"max(width, height))")
     device = pick_device(cfg.device)
 
-    from .flame import load_flame
-    from .landmarks import detect_landmarks
-    from .video import read_clip
+    from .capture.landmarks import detect_landmarks
+    from .capture.video import read_clip
+    from .head.flame import load_flame
 
     model = _timed(timings, "load_model", load_flame, cfg.flame, cfg.assets)
     net, weights_info = None, None
     if cfg.refine:   # a missing, corrupt or foreign weights file is found before the video is read
         from .config import WEIGHTS_DIR, asset_id, resolve_asset
-        from .model import load_weights
+        from .net.model import load_weights
 
         wpath = resolve_asset("weights", cfg.weights, folders=(WEIGHTS_DIR,))
         net = load_weights(wpath, model, device)
@@ -223,7 +223,7 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
                        "noise_mm": round(reading.noise_mm, 5)}
     refined = None
     if net is not None:
-        from .refine import refine_sample
+        from .net.refine import refine_sample
 
         refined = _timed(timings, "refine", refine_sample, net, inputs, clip.frame_indices, drift,
                          psi=(reading.expr, reading.pose) if reading else None)
@@ -233,7 +233,7 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
                             f"{net.trained_flow['supersample']}x and this run used {used['method']} at "
                             f"{used['supersample']}x: its refinement is outside what it learned")
     elif reading is not None:
-        from .refine import parametric_meshes
+        from .net.refine import parametric_meshes
 
         refined = parametric_meshes(model, fit, reading.expr, reading.pose, clip.frame_indices, drift)
     if refined is not None:
@@ -243,7 +243,7 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
                             f"micro-expression from the range's first frame; trim the range to at most "
                             f"{cfg.photometric.max_seconds:g} s around one to refine it from the frames' colours")
         elif cfg.photometric.enabled:
-            from .photometric import refine_photometric
+            from .net.photometric import refine_photometric
 
             refined, correction = _timed(timings, "photometric", refine_photometric, clip.frames, refined, model,
                                          fit.shape, fit.trans, fit.intrinsics, inputs["valid"], cfg.photometric)
@@ -259,9 +259,9 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
                                               inputs["intrinsics"], inputs["align"])
 
     # How far each region moved from the first frame, the rigid head motion taken out, and which
-    # regions count as active by the rule calibrated with the weights (backend/calibrate.py).
-    from .flame import FlameLayer, head_space
-    from .regions import region_detection, region_motion
+    # regions count as active by the rule calibrated with the weights (backend/training/calibrate.py).
+    from .head.flame import FlameLayer, head_space
+    from .head.regions import region_detection, region_motion
 
     head = refined["vertices_head"] if refined is not None else head_space(FlameLayer(model), fit.shape, fit.expr,
                                                                              fit.pose)
@@ -277,7 +277,7 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
         warnings.append(f"no usable face in source frames {_runs(lms.interpolated, clip.frame_indices)}: "
                         "landmarks there are interpolated and the fit is carried by its temporal prior")
 
-    from .result import UNITS, Result, ResultError, write_result
+    from .contract.result import UNITS, Result, ResultError, write_result
 
     src = Path(video)
     meta = {

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_ablations.py --train --steps 300     # train missing variants
     .venv/bin/python benchmarks/bench_ablations.py --steps 300 --limit 20  # table only
 
-Every variant, "full" included, is trained by ``python -m backend.train`` with the same data,
+Every variant, "full" included, is trained by ``python -m backend.training.train`` with the same data,
 seed and step count (so the rows compare with each other, not with the shipped 2000-step weights)
 into ``runs/ablation/<steps>/<name>.pt``; training is resumable, so an interrupted run picks up
 where it stopped. The metrics are bench_learned's on the held-out synthetic clips.
@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench_learned import evaluate, print_table  # noqa: E402
 
-# name -> backend.train flags; grouped as in the paper's Table II
+# name -> backend.training.train flags; grouped as in the paper's Table II
 VARIANTS = {
     "full": [],
     "w/o DEM": ["--no-dem"],
@@ -43,7 +43,7 @@ def train_variant(name: str, flags: list[str], args, folder: Path) -> Path:
     out = folder / f"{slug(name)}.pt"
     if out.exists():
         return out
-    cmd = [sys.executable, "-m", "backend.train", "--data", args.train_data, "--seeds", args.seeds,
+    cmd = [sys.executable, "-m", "backend.training.train", "--data", args.train_data, "--seeds", args.seeds,
            "--real", args.real, "--real-every", "8", "--steps", str(args.steps),
            "--out", str(out), "--checkpoint", str(folder / f"{slug(name)}.ckpt"), *flags]
     print("[train]", name, " ".join(cmd[1:]), flush=True)
@@ -71,9 +71,9 @@ def main() -> int:
         for name in names:
             train_variant(name, VARIANTS[name], args, folder)
 
-    from backend.dataset import load_sample
-    from backend.flame import FlameLayer, load_flame
-    from backend.model import load_weights
+    from backend.training.dataset import load_sample
+    from backend.head.flame import FlameLayer, load_flame
+    from backend.net.model import load_weights
 
     flame_model = load_flame()
     nets = {n: load_weights(folder / f"{slug(n)}.pt", flame_model) for n in names

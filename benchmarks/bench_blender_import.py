@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_blender_import.py [--frames 100 200 500 1000] [--repeat 3]
 
-Results are synthetic (backend/synth_result.py: the FLAME stand-in, 5023 vertices, 53 expressions,
+Results are synthetic (backend/synthetic/synth_result.py: the FLAME stand-in, 5023 vertices, 53 expressions,
 smooth random motion, three smooth detail fields plus 2 um noise). Times are the best of
 ``--repeat`` imports into an empty scene; each run reads the file, builds the rig data (rest-space
 residual and its PCA), the objects, and writes every key. Prints markdown tables.
@@ -59,9 +59,9 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
 
-    from backend.flame import FlameLayer, load_flame
-    from backend.result import write_result
-    from backend.synth_result import synthetic_result
+    from backend.head.flame import FlameLayer, load_flame
+    from backend.contract.result import write_result
+    from backend.synthetic.synth_result import synthetic_result
 
     import bpy
     import microface_blender

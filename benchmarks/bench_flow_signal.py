@@ -16,7 +16,7 @@ On held-out clips with known truth, in 224-crop pixels, at the apex frame:
 
 Then the ceiling: linear readers that turn that flow into expression and jaw motion by regularised
 least squares through the true head's projection (ground-truth linearisation at the apex, rigid
-motion removed exactly, visible face vertices only), scored by backend.evaluate on onset..offset
+motion removed exactly, visible face vertices only), scored by backend.training.evaluate on onset..offset
 like the network. Each reader knows more than any real method could:
 - per frame: one solve per frame;
 - known profile: one solve for the apex with the true temporal profile, so all frames average;
@@ -71,8 +71,8 @@ def _crop_px(sample: dict, layer) -> np.ndarray:
     """The true vertices of ``sample`` projected into each frame's crop: (T, V, 2) 224-crop px."""
     import torch
 
-    from backend.dataset import gt_vertices
-    from backend.losses import project_to_crop
+    from backend.training.dataset import gt_vertices
+    from backend.training.losses import project_to_crop
 
     cam = torch.as_tensor(gt_vertices(sample, layer)[0][None], dtype=torch.float64)
     return project_to_crop(cam, torch.as_tensor(sample["intrinsics"][None], dtype=torch.float64),
@@ -95,7 +95,7 @@ def flow_minus_rigid(sample: dict, model, layer) -> tuple[np.ndarray, np.ndarray
     the onset projection minus the true rigid displacement, and the true micro displacement."""
     import torch
 
-    from backend.losses import _sample
+    from backend.training.losses import _sample
 
     moving, rigid = _crop_px(sample, layer), _crop_px(_still_face(sample, model), layer)
     flow = sample["flow"].astype(np.float64)
@@ -123,13 +123,14 @@ def clip_signal(sample: dict, model, observed: np.ndarray, micro: np.ndarray) ->
 
 
 def ceiling(sample: dict, model, layer, observed: np.ndarray, micro: np.ndarray) -> dict[tuple[str, float], object]:
-    """backend.evaluate Metrics of each oracle linear reader (module docstring) per prior weight."""
+    """backend.training.evaluate Metrics of each oracle linear reader (module docstring) per prior weight."""
     import torch
     from torch.func import jacfwd
 
-    from backend.dataset import gt_vertices
-    from backend.evaluate import micro_metrics
-    from backend.losses import project_to_crop, vertex_visibility
+    from backend.training.dataset import gt_vertices
+    from backend.training.evaluate import micro_metrics
+    from backend.head.visibility import vertex_visibility
+    from backend.training.losses import project_to_crop
 
     meta = sample["meta"]
     apex, onset, offset = int(meta["apex"]), int(meta["onset"]), int(meta["offset"])
@@ -196,7 +197,7 @@ def render_sample(seed: int, changes: dict, flow_changes: dict, model) -> dict |
     """Held-out seed ``seed`` re-rendered with ``changes`` to its recipe and run through the frontend
     (mp4 round trip included) with ``flow_changes`` to the flow config, in the stored layout. None
     when the frontend drops it."""
-    from backend.dataset import default_config, draw_synthetic_spec, rendered_sample
+    from backend.training.dataset import default_config, draw_synthetic_spec, rendered_sample
     from backend.errors import MicroFaceError
 
     cfg = default_config()
@@ -217,7 +218,7 @@ def report(title: str, rows: list[tuple[dict, dict]]) -> None:
         print(f"| {name} | " + " | ".join(f"{fn([r[c] for r in signal]):.3f}" for c in cols) + " |")
     snr = np.array([r["micro_active_px"] / r["noise_still_px"] for r in signal])
     print(f"clips whose mean micro-motion exceeds the flow noise: {(snr > 1).sum()} of {len(rows)}")
-    print("\noracle linear readers, onset..offset (backend.evaluate; best lambda per reader)")
+    print("\noracle linear readers, onset..offset (backend.training.evaluate; best lambda per reader)")
     print("| reader | lambda | recovered share (mean / median) | invented, still | region accuracy |")
     print("|---|---|---|---|---|")
     for reader in READERS:
@@ -240,8 +241,8 @@ def main() -> int:
 
     import torch
 
-    from backend.dataset import load_sample
-    from backend.flame import FlameLayer, load_flame
+    from backend.training.dataset import load_sample
+    from backend.head.flame import FlameLayer, load_flame
 
     torch.set_num_threads(1)
     model = load_flame()

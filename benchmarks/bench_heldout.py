@@ -14,7 +14,7 @@ warped in. Make them first:
 Every clip and method runs ``python -m backend reconstruct VIDEO -o OUT.npz --fps F [--focal f]``
 plus the method's flags, as a user would, and is scored from the result file alone: its head-space
 meshes (the result's parameters through FLAME with the head's rigid motion removed, plus its mesh
-offsets rotated into head space) against the clip's true micro-motion, by backend.evaluate's
+offsets rotated into head space) against the clip's true micro-motion, by backend.training.evaluate's
 metrics over onset..offset. An injected clip is scored as reconstruct(warped) - reconstruct(original).
 
 Columns: recovered share of the true motion in the active regions (1 - error / true motion),
@@ -68,8 +68,8 @@ COLUMNS = ("recovered", "active error", "invented, still", "region call", "jitte
 def code_hash() -> str:
     """What a result depends on besides its flags: the backend's sources and the shipped weights."""
     h = hashlib.sha256()
-    for p in sorted((ROOT / "backend").glob("*.py")) + [ROOT / "weights" / "microface.pt"]:
-        h.update(p.name.encode())
+    for p in sorted((ROOT / "backend").rglob("*.py")) + [ROOT / "weights" / "microface.pt"]:
+        h.update(p.relative_to(ROOT).as_posix().encode())
         h.update(p.read_bytes())
     return h.hexdigest()[:12]
 
@@ -97,9 +97,9 @@ def result_head(path: Path, layer, meshes: str = "vertices") -> tuple[np.ndarray
     parameters, rotated back by the head's rotation in that frame."""
     import torch
 
-    from backend.flame import head_space
-    from backend.photometric import frame_rotations
-    from backend.result import read_result
+    from backend.head.flame import head_space
+    from backend.net.photometric import frame_rotations
+    from backend.contract.result import read_result
 
     res = read_result(path)
     f32 = dict(dtype=torch.float32)
@@ -123,7 +123,7 @@ def correlation(pred: np.ndarray, true: np.ndarray, active: np.ndarray, onset: i
 
 
 def score(clip: FamilyClip, method: Method, layer, runs: Path, fresh: bool) -> dict[str, float]:
-    from backend.evaluate import micro_metrics, region_truth
+    from backend.training.evaluate import micro_metrics, region_truth
 
     model = layer.model
     cam, head, meta = result_head(reconstruct(clip.video_path, clip, method, runs, fresh), layer, method.meshes)
@@ -153,8 +153,8 @@ def pixel_ceiling(clips: list[FamilyClip], layer) -> tuple[float, dict[str, floa
     prior weight on the family's mean recovered share, the mean metrics there)."""
     from benchmarks.bench_pixel_ceiling import PixelTruth, read_pixels
     from backend.config import VideoConfig
-    from backend.flame import FlameLayer
-    from backend.video import read_clip
+    from backend.head.flame import FlameLayer
+    from backend.capture.video import read_clip
 
     model = layer.model
     layer64 = FlameLayer(model).double()
@@ -215,7 +215,7 @@ def main() -> int:
     ap.add_argument("--ceiling", action="store_true", help="also the pixel oracle's ceiling per family")
     args = ap.parse_args()
 
-    from backend.flame import FlameLayer, load_flame
+    from backend.head.flame import FlameLayer, load_flame
 
     methods = [m.strip() for m in args.method.split(",")]
     unknown = [m for m in methods if m not in METHODS]

@@ -3,13 +3,13 @@
     .venv/bin/python benchmarks/bench_learned.py --weights weights/microface.pt --data /work/data/microface/heldout
         [--calibrate /work/data/microface/train] [--ablation NAME=PATH ...] [--limit N] [--per-clip]
 
-Held-out clips come from `python -m backend.dataset synth DIR --seeds 900000:900040` (seeds never
+Held-out clips come from `python -m backend.training.dataset synth DIR --seeds 900000:900040` (seeds never
 used in training). Each clip runs as one window from its first frame; metrics are
-backend/evaluate.py's, averaged over clips: micro-motion error in the active regions and invented
+backend/training/evaluate.py's, averaged over clips: micro-motion error in the active regions and invented
 motion in the still ones (mm), the share of true motion recovered, region detection accuracy,
 and jitter before the onset. Regions are called active by the truth's own rule and, with
 ``--calibrate DIR``, also by each method's rule calibrated on the training clips in DIR
-(backend.calibrate), which knows each method's noise floor.
+(backend.training.calibrate), which knows each method's noise floor.
 """
 from __future__ import annotations
 
@@ -29,9 +29,9 @@ GOALS = "goals: recovered >= 0.60, invented <= 0.10 mm, region accuracy >= 0.90,
 
 def calibrate(nets: dict, paths: list[Path], flame_model, layer) -> dict[str, tuple[float, float, float]]:
     """Per method, the (fraction, floor_mm) region rule that detects best on the clips ``paths``."""
-    from backend.calibrate import region_peaks
-    from backend.dataset import load_sample
-    from backend.regions import calibrate_detection
+    from backend.training.calibrate import region_peaks
+    from backend.training.dataset import load_sample
+    from backend.head.regions import calibrate_detection
 
     peaks, truth = region_peaks([load_sample(p) for p in paths], layer, nets)
     return {name: calibrate_detection(p, truth) for name, p in peaks.items()}
@@ -39,8 +39,8 @@ def calibrate(nets: dict, paths: list[Path], flame_model, layer) -> dict[str, tu
 
 def clip_metrics(nets: dict, samples: list[dict], flame_model, layer,
                  detection: dict[str, tuple[float, float]] | None = None) -> dict[str, list[dict]]:
-    """Per method, one metrics dict per sample (see backend.evaluate.compare_methods)."""
-    from backend.evaluate import compare_methods
+    """Per method, one metrics dict per sample (see backend.training.evaluate.compare_methods)."""
+    from backend.training.evaluate import compare_methods
 
     rows: dict[str, list[dict]] = {}
     for s in samples:
@@ -90,9 +90,9 @@ def main() -> int:
     ap.add_argument("--calibrate", metavar="DIR", help="training clips on which to calibrate each method's region rule")
     args = ap.parse_args()
 
-    from backend.dataset import load_sample
-    from backend.flame import FlameLayer, load_flame
-    from backend.model import load_weights
+    from backend.training.dataset import load_sample
+    from backend.head.flame import FlameLayer, load_flame
+    from backend.net.model import load_weights
 
     flame_model = load_flame()
     layer = FlameLayer(flame_model)

@@ -1,12 +1,12 @@
-"""The photometric refinement (backend/photometric.py) on re-rendered synthetic clips with truth.
+"""The photometric refinement (backend/net/photometric.py) on re-rendered synthetic clips with truth.
 
     .venv/bin/python benchmarks/bench_photometric.py [--seeds LO:HI] [--weights W] [--prior 100,300,1000]
 
 Stored samples hold the flow, not the frames, so each seed is rendered again exactly as
-``backend.dataset synth`` renders it and run through the same frontend (mp4 round trip included),
+``backend.training.dataset synth`` renders it and run through the same frontend (mp4 round trip included),
 keeping the decoded frames the frontend saw.
 Then, from the frames alone, the shipped network (with the pipeline's drift correction) and the
-network followed by the photometric stage at each prior weight, scored by backend.evaluate over
+network followed by the photometric stage at each prior weight, scored by backend.training.evaluate over
 onset..offset like bench_learned.py. Choose the prior weight on training seeds (e.g. 0:40), report
 it on held-out ones (900000:900040).
 """
@@ -37,12 +37,12 @@ def main() -> int:
     import torch
 
     from backend.config import PhotometricConfig, ReconstructConfig
-    from backend.dataset import default_config, draw_synthetic_spec, gt_vertices, rendered_sample
-    from backend.evaluate import micro_metrics
-    from backend.flame import FlameLayer, load_flame
-    from backend.model import load_weights
-    from backend.photometric import refine_photometric
-    from backend.refine import refine_sample
+    from backend.training.dataset import default_config, draw_synthetic_spec, gt_vertices, rendered_sample
+    from backend.training.evaluate import micro_metrics
+    from backend.head.flame import FlameLayer, load_flame
+    from backend.net.model import load_weights
+    from backend.net.photometric import refine_photometric
+    from backend.net.refine import refine_sample
 
     torch.set_num_threads(1)
     model = load_flame()

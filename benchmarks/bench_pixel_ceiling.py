@@ -14,7 +14,7 @@ Every face point visible at the onset (face vertices and face-triangle centroids
 onset-frame colour. The unknowns are ψ and a gain and bias per frame and channel (the light
 drifts). Gauss-Newton on the Huber-weighted colour residual, bilinear samples of the frames and
 their gradients, prior λ ψᵀBψ with B the Gram of ψ's motion in mm per face vertex; λ is chosen per
-variant as the best on the mean (oracle too). Scored by backend.evaluate.micro_metrics over
+variant as the best on the mean (oracle too). Scored by backend.training.evaluate.micro_metrics over
 onset..offset, like the network and bench_flow_signal's readers.
 
 Variants re-render the held-out seeds:
@@ -64,8 +64,8 @@ def full_rate(spec):
 
 def mp4_round_trip(clip) -> np.ndarray:
     """The clip's frames written as the dataset writes them and decoded as the frontend decodes them."""
-    from backend.synth import write_video
-    from backend.video import read_clip
+    from backend.synthetic.synth import write_video
+    from backend.capture.video import read_clip
 
     with tempfile.TemporaryDirectory(prefix="microface_pixels_") as tmp:
         return read_clip(write_video(clip, Path(tmp) / "clip.mp4"), min_frames=1).frames
@@ -93,7 +93,7 @@ class PixelTruth:
 
     @classmethod
     def of_synth_clip(cls, clip, layer) -> "PixelTruth":
-        from backend.dataset import gt_vertices, truth_arrays
+        from backend.training.dataset import gt_vertices, truth_arrays
 
         gt_cam, gt_head = gt_vertices(truth_arrays(clip), layer)
         return cls(clip.shape, clip.expr, clip.pose, clip.trans, clip.intrinsics, clip.width, clip.height,
@@ -110,7 +110,7 @@ class PixelTruth:
 
 def read_pixels(clip: PixelTruth, frames: np.ndarray, model, layer, reference: np.ndarray | None = None,
                 lambdas: tuple[float, ...] = LAMBDAS) -> dict[float, object]:
-    """backend.evaluate Metrics of the oracle reader (module docstring) per prior weight λ.
+    """backend.training.evaluate Metrics of the oracle reader (module docstring) per prior weight λ.
 
     With ``reference`` (T, H, W, 3), the same frames without the micro-expression (the injected
     family's original window), each frame's colours come from the reference frame at the head
@@ -119,11 +119,11 @@ def read_pixels(clip: PixelTruth, frames: np.ndarray, model, layer, reference: n
     import torch
     from torch.func import jacfwd
 
-    from backend.camera import project
-    from backend.evaluate import micro_metrics
-    from backend.flame import axis_angle_to_matrix
-    from backend.losses import vertex_visibility
-    from backend.photometric import (gain_bias_jacobian, image_and_gradients, pixel_jacobian,
+    from backend.head.camera import project
+    from backend.training.evaluate import micro_metrics
+    from backend.head.flame import axis_angle_to_matrix
+    from backend.head.visibility import vertex_visibility
+    from backend.net.photometric import (gain_bias_jacobian, image_and_gradients, pixel_jacobian,
                                      residual_and_jacobian, sample_image, schur_terms)
 
     f64 = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float64)  # noqa: E731
@@ -194,8 +194,8 @@ def main() -> int:
 
     import torch
 
-    from backend.dataset import _render, draw_synthetic_spec
-    from backend.flame import FlameLayer, load_flame
+    from backend.training.dataset import _render, draw_synthetic_spec
+    from backend.head.flame import FlameLayer, load_flame
 
     torch.set_num_threads(2)
     model = load_flame()

@@ -1,7 +1,7 @@
 """Real clips (no ground truth): fit only vs DEM only vs the full model, without and with the
-photometric refinement (backend/photometric.py), which is forced here onto the whole range (the
+photometric refinement (backend/net/photometric.py), which is forced here onto the whole range (the
 pipeline runs it only on ranges of at most PhotometricConfig.max_seconds), and the flow reader
-(backend/flow_reader.py) on the fit.
+(backend/capture/flow_reader.py) on the fit.
 
     .venv/bin/python benchmarks/bench_real.py [VIDEO ...] [--end N] [--weights PATH]
 
@@ -46,8 +46,9 @@ def metrics(fe, inputs: dict, verts: np.ndarray, head: np.ndarray, model, good: 
             still: np.ndarray) -> dict[str, float]:
     import torch
 
-    from backend.camera import project_np
-    from backend.losses import photometric_loss, vertex_visibility
+    from backend.head.camera import project_np
+    from backend.head.visibility import vertex_visibility
+    from backend.training.losses import photometric_loss
 
     lmk = inputs["lmk_mp"][:, model.mp_indices]
     pred = np.stack([project_np(model.embed(v, "mp"), inputs["intrinsics"].astype(np.float64)) for v in verts])
@@ -73,12 +74,12 @@ def metrics(fe, inputs: dict, verts: np.ndarray, head: np.ndarray, model, good: 
 
 def run_clip(video: str, net, model, end: int | None) -> tuple[dict, dict]:
     from backend.config import ReconstructConfig
-    from backend.flame import FlameLayer, head_space
-    from backend.landmarks import detect_landmarks
-    from backend.photometric import refine_photometric
+    from backend.head.flame import FlameLayer, head_space
+    from backend.capture.landmarks import detect_landmarks
+    from backend.net.photometric import refine_photometric
     from backend.pipeline import network_inputs, read_motion, run_frontend
-    from backend.refine import parametric_meshes, refine_sample
-    from backend.video import read_clip
+    from backend.net.refine import parametric_meshes, refine_sample
+    from backend.capture.video import read_clip
 
     cfg = ReconstructConfig()
     cfg.video.end = end
@@ -114,8 +115,8 @@ def main() -> int:
     ap.add_argument("--weights", default=str(ROOT / "weights" / "microface.pt"))
     args = ap.parse_args()
 
-    from backend.flame import load_flame
-    from backend.model import load_weights
+    from backend.head.flame import load_flame
+    from backend.net.model import load_weights
 
     model = load_flame()
     net = load_weights(args.weights, model)

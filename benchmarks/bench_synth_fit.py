@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_synth_fit.py [--seeds 100 101 102] [--flow dis]
 
 Each clip is rendered, written to mp4, run through the same pipeline users run (decode,
-landmarks, alignment, flow, fit), and compared with the truth (backend/evaluate.py).
+landmarks, alignment, flow, fit), and compared with the truth (backend/training/evaluate.py).
 """
 from __future__ import annotations
 
@@ -25,10 +25,10 @@ def run_clip(seed: int, regions: tuple[str, ...], flow: str = "dis", model=None,
              fit_overrides: dict | None = None, **synth_overrides):
     """Render one clip, reconstruct it through the pipeline, return (Metrics, SynthClip, Result)."""
     from backend.config import ReconstructConfig
-    from backend.evaluate import micro_metrics
-    from backend.flame import head_space
+    from backend.training.evaluate import micro_metrics
+    from backend.head.flame import head_space
     from backend.pipeline import reconstruct
-    from backend.synth import MicroExpressionSpec, SynthConfig, generate, write_video
+    from backend.synthetic.synth import MicroExpressionSpec, SynthConfig, generate, write_video
 
     cfg = SynthConfig(seed=seed, micro=MicroExpressionSpec(regions=regions), **synth_overrides)
     clip = generate(cfg, model)
@@ -54,7 +54,7 @@ def main() -> int:
     args = ap.parse_args()
     fit_overrides = {k: float(v) for k, v in (a.split("=") for a in args.fit)}
 
-    from backend.flame import FlameLayer, load_flame
+    from backend.head.flame import FlameLayer, load_flame
 
     model = load_flame()
     layer = FlameLayer(model)

@@ -30,6 +30,6 @@ step "machine" 30 bash -c 'nvidia-smi --query-gpu=name,memory.total,driver_versi
 step "CUDA tests and the torch stages' tests" 150 python3 -m pytest -q -p no:cacheprovider \
     tests/test_cuda.py tests/test_flow_reader.py tests/test_learned.py
 step "pipeline on the GPU (single_face.mp4)" 150 python3 benchmarks/bench_pipeline.py .gpu/videos/single_face.mp4 --device cuda
-step "timed training, 300 steps on the GPU" 200 python3 -m backend.train --data .gpu/train --steps 300 --device cuda \
+step "timed training, 300 steps on the GPU" 200 python3 -m backend.training.train --data .gpu/train --steps 300 --device cuda \
     --out /tmp/microface-gpu.pt --checkpoint /tmp/microface-gpu.ckpt
 echo "figures: $log"

@@ -30,7 +30,7 @@ COMPANIONS = ("FLAME_masks.pkl", "landmark_embedding_68.npz", "landmark_embeddin
 
 def trimmed_model(src: Path, dst: Path) -> None:
     """The stand-in with the identity and expression columns it uses, float32, as a plain pickle."""
-    from backend import safe_pickle
+    from backend.head import safe_pickle
 
     d = dict(safe_pickle.load(src))
     n_shape, n_expr = int(d["n_shape"]), int(d["n_expr"])
@@ -60,7 +60,7 @@ def main() -> int:
     shutil.copy2(SHARED / "videos" / "single_face.mp4", out / "videos" / "single_face.mp4")
     samples = sorted(Path(args.train).glob("clip_*.npz"))[: args.samples]
     if not samples:
-        raise SystemExit(f"no training samples in {args.train}: make some with python -m backend.dataset synth")
+        raise SystemExit(f"no training samples in {args.train}: make some with python -m backend.training.dataset synth")
     for p in samples:
         shutil.copy2(p, out / "train" / p.name)
     subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",

@@ -28,7 +28,7 @@ def main() -> int:
     import numpy as np
 
     import microface_blender
-    from backend.result import read_result
+    from backend.contract.result import read_result
     from microface_blender import importer
     from microface_blender.camera import CameraOptions
 

@@ -9,7 +9,7 @@ like benchmarks/bench_heldout.py (head-space motion against the truth, onset..of
 clips as warped minus original). Prints mean recovered share, invented still motion, jitter and
 correlation per family and setting, the setting with the best mean recovered share over the
 families whose invented motion stays at or under the fit's, and the region rule
-(backend.regions.calibrate_detection) that calls these clips' regions best from that setting's
+(backend.head.regions.calibrate_detection) that calls these clips' regions best from that setting's
 motion, as the product calls them (peak over the whole range of the video's own result).
 """
 from __future__ import annotations
@@ -33,9 +33,9 @@ def frontend(video: Path, clip: FamilyClip, model):
     """The pipeline's Frontend of one video under its defaults (the clip's fps and focal), and the
     reader's anchored flows (the same for every reader setting)."""
     from backend.config import ReconstructConfig
-    from backend.landmarks import detect_landmarks
+    from backend.capture.landmarks import detect_landmarks
     from backend.pipeline import reader_flow, run_frontend
-    from backend.video import read_clip
+    from backend.capture.video import read_clip
 
     cfg = ReconstructConfig(device="cpu")
     cfg.video.fps = clip.fps
@@ -49,9 +49,9 @@ def read_head(front, model, reader) -> np.ndarray:
     """Head-space meshes (T, V, 3) of the reader's motion under ``reader`` (a ReaderConfig, drift
     corrected as the pipeline does) on ``front`` (:func:`frontend`'s pair); None = the fit."""
     from backend.config import ReconstructConfig
-    from backend.flame import FlameLayer, head_space
+    from backend.head.flame import FlameLayer, head_space
     from backend.pipeline import read_motion
-    from backend.refine import parametric_meshes
+    from backend.net.refine import parametric_meshes
 
     fe, flows = front
     fit = fe.fit
@@ -75,9 +75,9 @@ def main() -> int:
     import torch
 
     from backend.config import ReaderConfig, RegionCallConfig
-    from backend.evaluate import micro_metrics, region_truth
-    from backend.flame import load_flame
-    from backend.regions import NOISE_FACTORS, active_regions, calibrate_detection, region_motion
+    from backend.training.evaluate import micro_metrics, region_truth
+    from backend.head.flame import load_flame
+    from backend.head.regions import NOISE_FACTORS, active_regions, calibrate_detection, region_motion
 
     torch.set_num_threads(1)
     model = load_flame()

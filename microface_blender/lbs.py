@@ -2,7 +2,7 @@
 
 Conventions follow the result file's rig: a joint rotates about its rest position by the axis-angle
 of ``pose`` (radians), chained from its parent; the root also carries ``trans`` (metres). Points
-are metres. The forward pass equals FLAME's (backend.flame.FlameLayer) for the same joints.
+are metres. The forward pass equals FLAME's (backend.head.flame.FlameLayer) for the same joints.
 """
 from __future__ import annotations
 

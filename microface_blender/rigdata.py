@@ -59,7 +59,7 @@ def rest_space_residual(res, joints: np.ndarray | None = None) -> np.ndarray:
 
 def rig_from_result(res, where: str = "result", tolerance: float = DEFAULT_TOLERANCE,
                     max_detail_keys: int = DEFAULT_MAX_KEYS) -> RigData:
-    """Build :class:`RigData` from a read result (``backend.result.Result``). ``tolerance`` (metres)
+    """Build :class:`RigData` from a read result (``backend.contract.result.Result``). ``tolerance`` (metres)
     and ``max_detail_keys`` bound the micro-detail PCA. Raises :class:`RigDataError` when the file
     has no rig arrays."""
     if not getattr(res, "has_rig", False):  # the reader guarantees all five rig arrays or none

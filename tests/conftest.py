@@ -58,7 +58,7 @@ def registered_addon():
 @pytest.fixture(scope="session")
 def head_model():
     """The head model (the stand-in in ../shared/assets unless configured), loaded once."""
-    from backend.flame import load_flame
+    from backend.head.flame import load_flame
 
     return load_flame()
 
@@ -78,7 +78,7 @@ def fake_checkout(root: Path, main_py: str, version: str = "") -> Path:
 def synth(head_model, request):
     """A synthetic result of the requesting module's ``T`` frames at source frames 100, 102, ...
     (keys every second scene frame), with smooth detail fields and 2 um noise."""
-    from backend.synth_result import synthetic_result
+    from backend.synthetic.synth_result import synthetic_result
 
     return synthetic_result(head_model, request.module.T, seed=11, first_frame=100, frame_step=2, noise_mm=0.002)
 
@@ -86,6 +86,6 @@ def synth(head_model, request):
 @pytest.fixture(scope="module")
 def result_path(synth, tmp_path_factory):
     """The requesting module's ``synth`` result, written to a file once per module."""
-    from backend.result import write_result
+    from backend.contract.result import write_result
 
     return write_result(tmp_path_factory.mktemp("res") / "clip.npz", synth)

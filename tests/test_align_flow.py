@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from conftest import shared_video
 
-from backend.align import (STABLE_POINTS, Alignment, align_faces, canonical_points, fit_similarity,
+from backend.capture.align import (STABLE_POINTS, Alignment, align_faces, canonical_points, fit_similarity,
                            smooth_similarities, to_crop, to_source, upscale_transforms, warp_crops)
 from backend.config import AlignConfig, FlowConfig, LandmarkConfig
 from backend.errors import MicroFaceError
-from backend.flow import aligned_flow, crop_flow
-from backend.landmarks import detect_landmarks
-from backend.video import read_clip
+from backend.capture.flow import aligned_flow, crop_flow
+from backend.capture.landmarks import detect_landmarks
+from backend.capture.video import read_clip
 
 
 def _similarity(scale: float, angle: float, tx: float, ty: float) -> np.ndarray:

@@ -49,7 +49,7 @@ def run(tmp_path_factory):
     proc = _build_py("clips", "-o", "out", "--end", END, "--fbx", "--gltf", "--abc", "--keep-result", "-v", cwd=base)
     print(proc.stdout)
     out = base / "out"
-    from backend.result import read_result
+    from backend.contract.result import read_result
 
     res = read_result(out / "single_face.npz") if (out / "single_face.npz").is_file() else None
     return SimpleNamespace(proc=proc, base=base, clips=clips, out=out, res=res)

@@ -71,7 +71,7 @@ def test_pack_writes_the_extension_zip(packed, blender_ext):
     assert packed.name == f"microface-{manifest['version']}.zip"
     with zipfile.ZipFile(packed) as zf:
         names = zf.namelist()
-        assert zf.read("result.py") == (ROOT / "backend" / "result.py").read_bytes()
+        assert zf.read("result.py") == (ROOT / "backend" / "contract" / "result.py").read_bytes()
         assert zf.read("blender_manifest.toml") == MANIFEST.read_bytes()
         info = json.loads(zf.read("build_info.json"))
     modules = sorted(p.name for p in (ROOT / "microface_blender").glob("*.py"))
@@ -153,9 +153,9 @@ _INSTALL_SCRIPT = textwrap.dedent('''
 
 
 def test_packed_zip_installs_works_and_uninstalls_cleanly(packed, tmp_path):
-    from backend.flame import load_flame
-    from backend.result import write_result
-    from backend.synth_result import synthetic_result
+    from backend.head.flame import load_flame
+    from backend.contract.result import write_result
+    from backend.synthetic.synth_result import synthetic_result
 
     result_path = write_result(tmp_path / "clip.npz", synthetic_result(load_flame(), 6, seed=4))
     user = tmp_path / "blender_user"

@@ -12,7 +12,7 @@ import pytest
 bpy = pytest.importorskip("bpy")
 
 from conftest import evaluated_vertices  # noqa: E402
-from backend.result import RIG_ARRAYS, write_result  # noqa: E402
+from backend.contract.result import RIG_ARRAYS, write_result  # noqa: E402
 from microface_blender import importer  # noqa: E402
 
 T = 30
@@ -211,7 +211,7 @@ def test_a_failure_midway_removes_everything_made_so_far(scene, result_path, mon
 
 
 def test_single_frame_result(scene, head_model, tmp_path):
-    from backend.synth_result import synthetic_result
+    from backend.synthetic.synth_result import synthetic_result
 
     res = synthetic_result(head_model, 1, seed=2, first_frame=40)
     out = importer.import_result(bpy.context, write_result(tmp_path / "one.npz", res))

@@ -17,14 +17,14 @@ PURE = ("lbs", "detail", "frame_map", "rigdata", "paths", "resultfile", "keyfram
 
 @pytest.fixture(scope="module")
 def model():
-    from backend.flame import load_flame
+    from backend.head.flame import load_flame
 
     return load_flame()
 
 
 @pytest.fixture(scope="module")
 def synth(model):
-    from backend.synth_result import synthetic_result
+    from backend.synthetic.synth_result import synthetic_result
 
     return synthetic_result(model, 24, seed=5, noise_mm=0.002)
 
@@ -92,7 +92,7 @@ def test_continuous_quaternions_stay_in_one_hemisphere():
 def test_skin_matches_the_flame_layer(model, synth):
     import torch
 
-    from backend.flame import FlameLayer
+    from backend.head.flame import FlameLayer
 
     layer = FlameLayer(model, dtype=torch.float64)
     t = 8
@@ -128,7 +128,7 @@ def test_unskin_inverts_arbitrary_weights_and_unweighted_vertices():
 def test_rig_arrays_are_the_flame_rest_state(model, synth):
     import torch
 
-    from backend.flame import FlameLayer
+    from backend.head.flame import FlameLayer
 
     layer = FlameLayer(model, dtype=torch.float64)
     shape = torch.as_tensor(synth.shape[None], dtype=torch.float64)
@@ -218,7 +218,7 @@ def test_rig_data_reproduces_every_frame(synth):
 def test_rig_data_refuses_a_result_without_rig(synth):
     import copy
 
-    from backend.result import RIG_ARRAYS
+    from backend.contract.result import RIG_ARRAYS
 
     old = copy.copy(synth)
     for name in RIG_ARRAYS:

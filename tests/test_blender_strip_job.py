@@ -244,7 +244,7 @@ def _real_settings(cache: Path) -> bj.BackendSettings:
 
 
 def test_real_backend_on_a_short_clip(tmp_path):
-    from backend.result import read_result
+    from backend.contract.result import read_result
 
     video = shared_video("single_face.mp4")
     settings = _real_settings(tmp_path / "cache")

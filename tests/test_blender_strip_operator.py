@@ -81,7 +81,7 @@ def _key_frames(id_data) -> np.ndarray:
 
 
 def _read(path):
-    from backend.result import read_result
+    from backend.contract.result import read_result
 
     return read_result(path)
 
@@ -172,9 +172,9 @@ def test_camera_projects_the_mesh_onto_the_footage(strip_scene, settings, video)
 
 def test_camera_shift_signs_for_an_off_centre_portrait_camera(tmp_path):
     """A synthetic result with the principal point far from the centre, in a portrait image."""
-    from backend.flame import load_flame
-    from backend.result import write_result
-    from backend.synth_result import synthetic_result
+    from backend.head.flame import load_flame
+    from backend.contract.result import write_result
+    from backend.synthetic.synth_result import synthetic_result
 
     from microface_blender import importer
 

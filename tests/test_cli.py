@@ -157,7 +157,7 @@ def test_unwritable_output(capsys, tmp_path):
 def _head_model_with_a_bad_rig(tmp_path: Path) -> Path:
     """The stand-in head model with joint 1's parent made a later joint (a loop in the rig)."""
     from backend.config import assets_folder, resolve_asset
-    from backend.safe_pickle import load
+    from backend.head.safe_pickle import load
 
     data = load(resolve_asset("flame", None, folders=(assets_folder(None),)))
     kin = np.array(data["kintree_table"], np.int64)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from backend.camera import default_intrinsics, project_np
+from backend.head.camera import default_intrinsics, project_np
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
 
@@ -21,8 +21,8 @@ def test_auto_device_picks_cuda():
 
 
 def test_network_on_cuda_equals_cpu(head_model):
-    from backend.dem import window_times
-    from backend.model import MicroFaceNet
+    from backend.net.dem import window_times
+    from backend.net.model import MicroFaceNet
 
     torch.manual_seed(1)
     net = MicroFaceNet(head_model)
@@ -48,8 +48,8 @@ def test_network_on_cuda_equals_cpu(head_model):
 
 def test_fit_on_cuda_equals_cpu(head_model):
     from backend.config import FitConfig
-    from backend.fit import fit_sequence
-    from backend.flame import FlameLayer
+    from backend.capture.fit import fit_sequence
+    from backend.head.flame import FlameLayer
 
     t, w, h = 6, 640, 480
     layer = FlameLayer(head_model, dtype=torch.float64)

@@ -1,4 +1,4 @@
-"""Training samples (backend/dataset.py): the recipe, the file format, truth vertices, flow units,
+"""Training samples (backend/training/dataset.py): the recipe, the file format, truth vertices, flow units,
 atomic writes, real-window cutting and the resumable CLI."""
 from __future__ import annotations
 
@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from backend import dataset
-from backend.align import to_crop
-from backend.camera import project_np
+from backend.training import dataset
+from backend.capture.align import to_crop
+from backend.head.camera import project_np
 from backend.config import ReconstructConfig
-from backend.dataset import (GT_KEYS, SAMPLE_KEYS, draw_synthetic_spec, gt_vertices, load_sample,
+from backend.training.dataset import (GT_KEYS, SAMPLE_KEYS, draw_synthetic_spec, gt_vertices, load_sample,
                              make_real_samples, make_synthetic_sample, real_windows, write_sample)
-from backend.flame import FlameLayer, load_flame
-from backend.regions import REGION_NAMES
-from backend.render import vertex_normals
-from backend.synth import generate
+from backend.head.flame import FlameLayer, load_flame
+from backend.head.regions import REGION_NAMES
+from backend.head.render import vertex_normals
+from backend.synthetic.synth import generate
 
 from conftest import shared_video
 

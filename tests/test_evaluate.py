@@ -1,10 +1,10 @@
-"""Region motion and detection rules (backend/regions.py, backend/evaluate.py) on hand-made examples with known answers."""
+"""Region motion and detection rules (backend/head/regions.py, backend/training/evaluate.py) on hand-made examples with known answers."""
 from __future__ import annotations
 
 import numpy as np
 
-from backend.evaluate import region_truth
-from backend.regions import active_regions, calibrate_detection, region_motion
+from backend.training.evaluate import region_truth
+from backend.head.regions import active_regions, calibrate_detection, region_motion
 
 T, F = True, False
 
@@ -43,7 +43,7 @@ def test_region_motion_is_the_mean_displacement_from_frame_0():
 
 
 def test_noise_factor_calls_only_what_stands_out_of_the_clips_floor():
-    from backend.regions import clip_noise_mm
+    from backend.head.regions import clip_noise_mm
 
     # A quiet camera: one region moves. A noisy camera: every region seems to move about as much,
     # so the share-of-the-largest rule calls all of them; the noise floor calls none but the mover.

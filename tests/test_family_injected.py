@@ -97,7 +97,7 @@ def test_zero_displacement_is_bit_identical(grid):
 
 
 def test_densify_interpolates_exactly_inside_and_fades_outside():
-    from backend.render import rasterize
+    from backend.head.render import rasterize
 
     # A square of two triangles, orthographic (depth 1): barycentrics are affine, so an affine
     # vertex displacement must come back exactly on its pixels.
@@ -124,7 +124,7 @@ def test_densify_interpolates_exactly_inside_and_fades_outside():
 
 @pytest.mark.parametrize("fps", [30.0, 24000 / 1001])
 def test_lossless_round_trip(tmp_path, fps):
-    from backend.video import read_clip
+    from backend.capture.video import read_clip
 
     frames = np.random.default_rng(2).integers(0, 256, (6, 36, 64, 3), dtype=np.uint8)
     path = write_video(tmp_path / "clip.avi", frames, fps)          # checks the round trip itself

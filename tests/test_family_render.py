@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def model():
-    from backend.flame import load_flame
+    from backend.head.flame import load_flame
 
     return load_flame()
 
@@ -38,12 +38,12 @@ def test_draw_is_reproducible_and_in_range():
 
 
 def test_cycles_silhouette_matches_project_projection(model, tmp_path):
-    """Cycles alpha vs backend.render's rasterization of the same vertices and intrinsics, on a
+    """Cycles alpha vs backend.head.render's rasterization of the same vertices and intrinsics, on a
     non-square image with an off-centre principal point (exercises lens, sensor fit and shifts).
     Measured IoU 0.9957 and 0.9969 (the 2 frames); the same check with the projection moved by half
     a pixel gives 0.979-0.992 and by one pixel 0.963, so the bound 0.99 catches a half-pixel error
     in most directions and any larger one."""
-    from backend.render import render
+    from backend.head.render import render
 
     look = dataclasses.replace(draw_look(HELDOUT_SEED0, n_frames=8), width=112, height=80, samples=4,
                                face_px=55.0, noise_std=0.0)
@@ -62,7 +62,7 @@ def test_cycles_silhouette_matches_project_projection(model, tmp_path):
 
 @pytest.mark.parametrize("codec", ["h264", "mjpeg"])
 def test_clip_round_trips(model, tmp_path, codec):
-    from backend.video import read_clip
+    from backend.capture.video import read_clip
 
     seed = HELDOUT_SEED0 + 1
     look = dataclasses.replace(draw_look(seed, n_frames=8), width=96, height=96, samples=4, face_px=50.0,

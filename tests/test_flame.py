@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from backend import safe_pickle
+from backend.head import safe_pickle
 from backend.config import ASSETS, assets_folder, resolve_asset
 from backend.errors import MicroFaceError
-from backend.flame import FlameLayer, load_flame
-from backend.regions import REGION_NAMES, region_labels
+from backend.head.flame import FlameLayer, load_flame
+from backend.head.regions import REGION_NAMES, region_labels
 
 ENV_VARS = [a.env for a in ASSETS.values()]
 ASSET_DIR = assets_folder()

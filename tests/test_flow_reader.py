@@ -1,4 +1,4 @@
-"""backend/flow_reader.py on constructed cases with exact answers: a head whose expression change
+"""backend/capture/flow_reader.py on constructed cases with exact answers: a head whose expression change
 is known, seen through flows built from its true image motion."""
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from backend.camera import default_intrinsics, project_np
+from backend.head.camera import default_intrinsics, project_np
 from backend.config import ReaderConfig
-from backend.flame import FlameLayer, head_space
-from backend.flow import anchor_pairs
-from backend.flow_reader import motion_noise_mm2, read_flow
+from backend.head.flame import FlameLayer, head_space
+from backend.capture.flow import anchor_pairs
+from backend.capture.flow_reader import motion_noise_mm2, read_flow
 
 T = 7
 SIZE = 448          # the crop is the image: align = identity
@@ -51,7 +51,7 @@ def _flows_from_motion(crop: np.ndarray, depth: np.ndarray, faces: np.ndarray, p
     """Dense flow maps (M, S, S, 2) for ``pairs``: at each crop pixel, the true displacement of the
     surface point the source frame shows there (its visible triangle's corners' displacements,
     barycentrically mixed): what a perfect optical flow would report. 0 off the head."""
-    from backend.render import rasterize
+    from backend.head.render import rasterize
 
     out = np.zeros((len(pairs), SIZE, SIZE, 2), np.float32)
     for m, (src, dst) in enumerate(pairs):

@@ -10,7 +10,7 @@ from microface_blender.lbs import axis_angle_to_quaternion
 
 
 def test_region_names_are_the_result_formats():
-    from backend.result import REGION_NAMES
+    from backend.contract.result import REGION_NAMES
 
     assert km.REGION_NAMES == REGION_NAMES
 

@@ -10,7 +10,7 @@ import pytest
 bpy = pytest.importorskip("bpy")
 
 from conftest import evaluated_vertices  # noqa: E402
-from backend.result import write_result  # noqa: E402
+from backend.contract.result import write_result  # noqa: E402
 from microface_blender import importer, keyframe_tools  # noqa: E402
 from microface_blender import keyframe_math as km  # noqa: E402
 

@@ -11,9 +11,9 @@ from conftest import shared_video, write_video
 
 from backend.config import LandmarkConfig, VideoConfig
 from backend.errors import MicroFaceError
-from backend.fan import FAN_WEIGHT_FILES, decode_fan_heatmaps, fan_crop_transforms, find_fan_weights
-from backend.landmarks import N_MP, detect_landmarks, hand_coverage, interpolate_invalid, mesh_outliers, shot_cuts
-from backend.video import Clip, read_clip
+from backend.capture.fan import FAN_WEIGHT_FILES, decode_fan_heatmaps, fan_crop_transforms, find_fan_weights
+from backend.capture.landmarks import N_MP, detect_landmarks, hand_coverage, interpolate_invalid, mesh_outliers, shot_cuts
+from backend.capture.video import Clip, read_clip
 
 
 @pytest.fixture(autouse=True)

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from backend.camera import project
-from backend.dem import DynamicEncodedModule, ResidualODEFusion, window_times
-from backend.dgmd import (attention_weights, lift_landmarks, normalized_adjacency,
+from backend.head.camera import project
+from backend.net.dem import DynamicEncodedModule, ResidualODEFusion, window_times
+from backend.net.dgmd import (attention_weights, lift_landmarks, normalized_adjacency,
                           patch_mean, region_centroids, region_flow_intensity)
 from backend.errors import MicroFaceError
-from backend.flame import load_flame
-from backend.model import MicroFaceNet, landmark_points, load_weights, save_weights
+from backend.head.flame import load_flame
+from backend.net.model import MicroFaceNet, landmark_points, load_weights, save_weights
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_normalized_adjacency_rows_of_a_single_triangle():
 
 
 def test_ode_fusion_is_the_identity_without_motion():
-    """E_ode is linear in Δψ (backend/dem.py), so Δψ = 0 leaves ψ_t = ψ_1 exactly, trained or not."""
+    """E_ode is linear in Δψ (backend/net/dem.py), so Δψ = 0 leaves ψ_t = ψ_1 exactly, trained or not."""
     torch.manual_seed(0)
     fusion = ResidualODEFusion(10)
     for p in fusion.parameters():
@@ -211,8 +211,8 @@ def test_weights_round_trip_and_failures(flame_model, tmp_path):
 
 
 def test_chunked_refinement_equals_the_whole_window(flame_model):
-    """backend/refine.py runs long clips in chunks of frames; the result must not depend on it."""
-    from backend.refine import drift_from_fit, refine_sample
+    """backend/net/refine.py runs long clips in chunks of frames; the result must not depend on it."""
+    from backend.net.refine import drift_from_fit, refine_sample
 
     net, batch = _batch(flame_model, b=1, t=7)
     for p in (net.dem.motion.head[-1].weight, net.dgmd.out[-1].weight):
@@ -242,7 +242,7 @@ def test_chunked_refinement_equals_the_whole_window(flame_model):
 def test_drift_from_fit_known_answers():
     """psi + G * (fit - psi): a constant offset and a linear drift go, a one-frame spike stays but
     for the kernel's own weight at its frame, and chunking the rows changes nothing."""
-    from backend.refine import drift_from_fit
+    from backend.net.refine import drift_from_fit
 
     rng = np.random.default_rng(0)
     f = np.arange(200)

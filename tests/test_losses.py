@@ -1,4 +1,4 @@
-"""Training losses (backend/losses.py): hand-computed values on tiny meshes, and gradient checks."""
+"""Training losses (backend/training/losses.py): hand-computed values on tiny meshes, and gradient checks."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from backend import losses as L
+from backend.head.priors import expression_gram, identity_gram
+from backend.head.visibility import vertex_visibility
+from backend.training import losses as L
 
 D = torch.float64
 
@@ -233,14 +235,14 @@ def test_vertex_visibility_occlusion_facing_and_bounds():
     faces.append([len(verts) - 3, len(verts) - 2, len(verts) - 1])
     v = np.array([verts], np.float64)
     expect = [True] * 4 + [False] * 4 + [True] * 4 + [False] * 3 + [False] * 3
-    vis = L.vertex_visibility(v, np.array(faces), np.array([100.0, 50, 50]), 101, 101)
+    vis = vertex_visibility(v, np.array(faces), np.array([100.0, 50, 50]), 101, 101)
     assert vis.shape == (1, 18) and vis[0].tolist() == expect
-    vis_t = L.vertex_visibility(torch.as_tensor(v), torch.as_tensor(faces), torch.tensor([100.0, 50, 50]), 101, 101)
+    vis_t = vertex_visibility(torch.as_tensor(v), torch.as_tensor(faces), torch.tensor([100.0, 50, 50]), 101, 101)
     assert vis_t.dtype == torch.bool and vis_t[0].tolist() == expect
     # moving the far quad in front (z = -0.5, px 10..90) hides the near one instead
     v2 = v.copy()
     v2[0, 4:8, 2] = -0.5
-    vis2 = L.vertex_visibility(v2, np.array(faces), np.array([100.0, 50, 50]), 101, 101)
+    vis2 = vertex_visibility(v2, np.array(faces), np.array([100.0, 50, 50]), 101, 101)
     assert vis2[0, :4].tolist() == [False] * 4 and vis2[0, 4:8].all()
 
 
@@ -263,11 +265,11 @@ def test_expression_terms_and_gram():
     dirs = np.zeros((3, 3, 2), np.float32)
     dirs[0, 0, 0], dirs[1, 1, 1], dirs[2, 2, :] = 0.001, 0.002, 1.0
     model = SimpleNamespace(region_labels=np.array([0, 3, -1]), exprdirs=dirs, shapedirs=dirs)
-    gram = L.expression_gram(model, dtype=D)
+    gram = expression_gram(model, dtype=D)
     assert gram.numpy() == pytest.approx(np.diag([0.5, 2.0]))
     # e = (1, 1): mean squared displacement over the face (1 + 4) / 2 = 2.5 mm^2
     assert L.expression_regularization(t64([[[1, 1]]]), gram).item() == pytest.approx(2.5)
-    assert L.identity_gram(model, dtype=D).numpy() == pytest.approx(np.diag([0.5, 2.0]))
+    assert identity_gram(model, dtype=D).numpy() == pytest.approx(np.diag([0.5, 2.0]))
 
 
 # ----------------------------------------------------------------------------- Laplacian

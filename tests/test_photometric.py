@@ -1,4 +1,4 @@
-"""backend/photometric.py: its pieces against hand or finite-difference answers, and the whole
+"""backend/net/photometric.py: its pieces against hand or finite-difference answers, and the whole
 correction on a constructed textured plane whose motion is known."""
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from backend.camera import project
+from backend.head.camera import project
 from backend.config import PhotometricConfig
-from backend.photometric import (fit_correction, pixel_jacobian, rigid_jacobian, sample_image, schur_terms)
+from backend.net.photometric import (fit_correction, pixel_jacobian, rigid_jacobian, sample_image, schur_terms)
 
 # Held-out clip 900013 (the last test). Measured: recovered share 0.188 -> 0.300, active-region error
 # 0.317 -> 0.274 mm, invented still-region motion 0.061 -> 0.054 mm. Margins under those changes:
@@ -111,8 +111,8 @@ def test_fit_correction_needs_motion_to_follow():
 def test_refine_photometric_keeps_the_network_output_when_the_prior_forbids_change(head_model):
     """With an overwhelming prior δ = 0: the corrected copy rebuilds the same meshes through FLAME
     (initial ones) and keeps the mesh deformation's offsets (final ones)."""
-    from backend.flame import FlameLayer, head_space
-    from backend.photometric import refine_photometric
+    from backend.head.flame import FlameLayer, head_space
+    from backend.net.photometric import refine_photometric
 
     t, n = 6, head_model.n_expr
     rng = np.random.default_rng(0)
@@ -145,12 +145,12 @@ def test_photometric_refinement_adds_to_the_network_on_a_held_out_clip(head_mode
     its frames (never trained on; bench_photometric.py). Over the 40 held-out clips the stage took the
     recovered share from 0.242 to 0.271; this clip is one where it helps (margins at the top)."""
     from backend.config import WEIGHTS_DIR, ReconstructConfig, resolve_asset
-    from backend.dataset import default_config, draw_synthetic_spec, gt_vertices, rendered_sample
-    from backend.evaluate import micro_metrics
-    from backend.flame import FlameLayer
-    from backend.model import load_weights
-    from backend.photometric import refine_photometric
-    from backend.refine import refine_sample
+    from backend.training.dataset import default_config, draw_synthetic_spec, gt_vertices, rendered_sample
+    from backend.training.evaluate import micro_metrics
+    from backend.head.flame import FlameLayer
+    from backend.net.model import load_weights
+    from backend.net.photometric import refine_photometric
+    from backend.net.refine import refine_sample
 
     sample = rendered_sample(draw_synthetic_spec(900_013), head_model, default_config(), keep_frames=True)
     meta = sample["meta"]

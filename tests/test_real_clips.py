@@ -11,7 +11,7 @@ from backend.config import ReconstructConfig, RegionCallConfig
 from backend.errors import MicroFaceError
 from backend.overlay import overlay_frames
 from backend.pipeline import reconstruct
-from backend.result import read_result
+from backend.contract.result import read_result
 from conftest import shared_video
 
 

@@ -7,11 +7,11 @@ import torch
 from scipy.ndimage import binary_fill_holes, distance_transform_edt
 from scipy.spatial.transform import Rotation
 
-from backend.camera import project, project_np
+from backend.head.camera import project, project_np
 from backend.errors import MicroFaceError
-from backend.flame import load_flame
-from backend.obj import read_obj
-from backend.render import Light, rasterize, render, sample_texture
+from backend.head.flame import load_flame
+from backend.synthetic.obj import read_obj
+from backend.head.render import Light, rasterize, render, sample_texture
 
 TEMPLATE_OFFSET = np.array([0.0, 1.50308116, 0.01649517])
 

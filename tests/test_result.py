@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backend import result as R
-from backend.result import Result, ResultError, read_meta, read_result, write_result
+from backend.contract import result as R
+from backend.contract.result import Result, ResultError, read_meta, read_result, write_result
 
 # The stored dtype of every array, as docs/result_format.md specifies it.
 DTYPES = {
@@ -491,7 +491,7 @@ def test_object_arrays_are_refused_without_unpickling(written, tmp_path):
 
 
 def test_region_names_match_the_backend():
-    from backend.regions import REGION_NAMES
+    from backend.head.regions import REGION_NAMES
 
     assert R.REGION_NAMES == REGION_NAMES
 

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from backend import safe_pickle
+from backend.head import safe_pickle
 from backend.config import ASSETS, assets_folder
 from backend.errors import MicroFaceError
-from backend.flame import FlameLayer, load_flame
+from backend.head.flame import FlameLayer, load_flame
 
 ASSET_DIR = assets_folder()
 STAND_IN = ASSET_DIR / "microface_ict_flame.pkl"

@@ -8,10 +8,10 @@ import json
 import pytest
 
 from backend.config import WEIGHTS_DIR, resolve_asset
-from backend.dataset import load_sample, make_synthetic_sample
-from backend.evaluate import compare_methods
-from backend.flame import FlameLayer, load_flame
-from backend.model import load_weights
+from backend.training.dataset import load_sample, make_synthetic_sample
+from backend.training.evaluate import compare_methods
+from backend.head.flame import FlameLayer, load_flame
+from backend.net.model import load_weights
 
 HELD_OUT_SEED = 900_014   # held-out range 900000-900039 (README); training used seeds 0-299
 # On this clip (`benchmarks/bench_learned.py --per-clip`): active-region motion error 0.122 mm (fit)
@@ -31,7 +31,7 @@ def test_shipped_weights_load_safely_with_provenance():
     assert max(prov["data"]["synthetic_seeds"]) < 900_000   # held-out seeds never trained on
     net = load_weights(path, load_flame())
     assert not net.training
-    # its region rule, calibrated on its training clips (python -m backend.calibrate), travels with it
+    # its region rule, calibrated on its training clips (python -m backend.training.calibrate), travels with it
     assert net.detection == {k: v for k, v in prov["detection"].items() if k != "command"}
     assert net.detection["clips"] == len(prov["data"]["synthetic_seeds"])
 

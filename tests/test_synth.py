@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from backend.camera import project_np
-from backend.flame import FlameLayer, axis_angle_to_matrix, load_flame
-from backend.synth import (MicroExpressionSpec, SynthConfig, expression_direction, generate, micro_profile,
+from backend.head.camera import project_np
+from backend.head.flame import FlameLayer, axis_angle_to_matrix, load_flame
+from backend.synthetic.synth import (MicroExpressionSpec, SynthConfig, expression_direction, generate, micro_profile,
                            save_ground_truth, smooth_jitter, write_video)
 
 TINY = dict(n_frames=5, width=96, height=96, texture_size=256)

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from backend.config import ReconstructConfig
-from backend.evaluate import micro_metrics
-from backend.flame import FlameLayer, head_space, load_flame
+from backend.training.evaluate import micro_metrics
+from backend.head.flame import FlameLayer, head_space, load_flame
 from backend.pipeline import reconstruct
-from backend.regions import region_motion
-from backend.synth import MicroExpressionSpec, SynthConfig, generate, write_video
+from backend.head.regions import region_motion
+from backend.synthetic.synth import MicroExpressionSpec, SynthConfig, generate, write_video
 
 
 @pytest.mark.slow
@@ -53,7 +53,7 @@ def test_fit_recovers_synthetic_vertices(tmp_path):
 def test_pnp_initialisation_never_lands_behind_the_camera():
     """Training seed 39: unguided iterative PnP converged to the mirror pose behind the camera on the
     first frame (tz = -0.46 m) and the fit raised "PnP failed on every frame". It must now fit."""
-    from backend.dataset import _render, draw_synthetic_spec, process_frames
+    from backend.training.dataset import _render, draw_synthetic_spec, process_frames
 
     model = load_flame()
     clip, _ = _render(draw_synthetic_spec(39), model)

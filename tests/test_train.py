@@ -1,5 +1,5 @@
 """Training is reproducible and resumable: 4 steps in one go equal 2 steps, a stop, and 2 more;
-its region rule is calibrated on its clips and can be calibrated again (backend/calibrate.py)."""
+its region rule is calibrated on its clips and can be calibrated again (backend/training/calibrate.py)."""
 from __future__ import annotations
 
 import json
@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 
-from backend.calibrate import main as calibrate_main
+from backend.training.calibrate import main as calibrate_main
 from backend.config import FlowConfig
-from backend.dataset import make_synthetic_sample
-from backend.flame import load_flame
-from backend.model import load_weights
-from backend.train import TrainConfig, train
+from backend.training.dataset import make_synthetic_sample
+from backend.head.flame import load_flame
+from backend.net.model import load_weights
+from backend.training.train import TrainConfig, train
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ from conftest import shared_video, write_video
 
 from backend.config import VideoConfig
 from backend.errors import MicroFaceError
-from backend.video import _frame_rate, read_clip
+from backend.capture.video import _frame_rate, read_clip
 
 
 def _source_frame(path: Path, index: int) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Held-out evaluation families: clips with a known micro-motion, stored one folder per clip.
 
 Three families (docs and ``benchmarks/bench_heldout.py``):
-- ``own``: the project's synthetic recipe (backend.synth), whole clips at their capture rate;
+- ``own``: the project's synthetic recipe (backend.synthetic.synth), whole clips at their capture rate;
 - ``render``: heads rendered by Blender Cycles (``families/render.py``), another image source;
 - ``injected``: real footage with a known micro-expression warped in (``families/injected.py``).
 
@@ -18,7 +18,7 @@ A clip folder holds its video file(s) and ``clip.npz`` (loads with ``allow_pickl
 | ``vertices_cam`` | (T, V, 3) float32 m | the true (render) or assumed (injected: fitted + added) camera-space head, for oracle ceilings |
 | ``intrinsics`` | (3,) float | f, cx, cy in px of ``vertices_cam``'s camera |
 | ``profile`` | (T,) float | the micro-expression's temporal profile, 0 at onset, 1 at apex |
-| ``active_regions`` | (k,) str | backend.regions names that truly move |
+| ``active_regions`` | (k,) str | backend.head.regions names that truly move |
 | ``peak_mm`` | float | the expression's peak displacement |
 | ``info`` | str | JSON: how the clip was made (seed, renderer, codec, resolution, source window...) |
 | ``param_shape``, ``param_expr``, ``param_pose``, ``param_trans`` | (n_shape,), (T, n), (T, 3J), (T, 3) | optional: the FLAME parameters of the moved head in ``vertices_cam`` (without its off-basis bump), for the pixel oracle's linearisation |
@@ -95,7 +95,7 @@ def new_clip_folder(final: Path) -> Iterator[Path]:
 
 def save_clip(clip: FamilyClip) -> Path:
     """Write ``clip.folder / clip.npz`` atomically (the video files are the caller's)."""
-    from backend.atomic import atomic_path
+    from backend.contract.atomic import atomic_path
 
     clip.folder.mkdir(parents=True, exist_ok=True)
     arrays = {

@@ -5,15 +5,15 @@
 
 writes ``OUT/injected/<name>/`` for each of :data:`HELDOUT_WINDOWS` (existing folders are kept):
 ``original.avi`` (the window, re-encoded), ``warped.avi`` (the same frames with the motion added),
-both FFV1 (lossless: ``backend.video.read_clip`` returns exactly the frames written, checked on
+both FFV1 (lossless: ``backend.capture.video.read_clip`` returns exactly the frames written, checked on
 every write) at the source frame rate, and ``clip.npz`` (``benchmarks/families/__init__.py``).
 The score is reconstruct(warped) - reconstruct(original) against ``motion_head``.
 
 Per window:
 1. decode the window at source size, detect landmarks on it alone (every frame must be valid) and
-   run the product's static fit on it (``backend.fit.fit_sequence`` with the pipeline's arguments and
+   run the product's static fit on it (``backend.capture.fit.fit_sequence`` with the pipeline's arguments and
    default config: focal = max(width, height), the intrinsics the product uses when ``focal`` is 0);
-2. draw from the window's seed (independent streams, as ``backend.synth.generate``): 1-2 regions, an
+2. draw from the window's seed (independent streams, as ``backend.synthetic.synth.generate``): 1-2 regions, an
    expression direction (``synth.expression_direction``, 2 components per region) scaled so its peak
    head-space displacement in those regions is a log-uniform 0.5-3 mm (lowered x0.75 until every
    weight, and every fitted weight plus it, stays <= 1 for the named 0..1 model), a duration
@@ -73,7 +73,7 @@ DURATION_S = (0.15, 0.5)          # onset -> offset
 PRE_FRAMES, POST_FRAMES = 4, 2    # onset >= PRE_FRAMES; offset <= T - 1 - POST_FRAMES
 FEATHER_PX = 6.0                  # falloff of the image field beyond the face regions
 FIXED_POINT_ITERS = 3
-ACTIVE_FRACTION = 0.3             # backend.synth's rule
+ACTIVE_FRACTION = 0.3             # backend.synthetic.synth's rule
 
 
 @dataclass(frozen=True)
@@ -188,7 +188,7 @@ def densify(face_index: np.ndarray, bary: np.ndarray, faces: np.ndarray, vertex_
             face_mask: np.ndarray, feather_px: float = FEATHER_PX) -> np.ndarray:
     """Per-pixel displacement (H, W, 2) px at the SOURCE positions from a rasterized mesh.
 
-    face_index (H, W) triangle per pixel (-1 none) and bary (H, W, 3) from ``backend.render.rasterize``;
+    face_index (H, W) triangle per pixel (-1 none) and bary (H, W, 3) from ``backend.head.render.rasterize``;
     faces (F, 3); vertex_disp (V, 2) px; face_mask (F,) bool: the triangles whose pixels carry the
     field. On those pixels the field is the barycentric interpolation of ``vertex_disp``, exactly;
     beyond them it continues smoothly (Gaussian-normalised extension of the border values, sigma
@@ -271,10 +271,10 @@ def warp_frame(img: np.ndarray, field: np.ndarray, iterations: int = FIXED_POINT
 
 def write_video(path: str | Path, frames: np.ndarray, fps: float) -> Path:
     """(T, H, W, 3) uint8 RGB frames to ``path`` (FFV1, lossless), then read back with
-    ``backend.video.read_clip`` and checked to be the same frames at ``fps``; raises otherwise."""
+    ``backend.capture.video.read_clip`` and checked to be the same frames at ``fps``; raises otherwise."""
     import cv2
 
-    from backend.video import read_clip
+    from backend.capture.video import read_clip
 
     path = Path(path)
     frames = np.asarray(frames)
@@ -311,14 +311,14 @@ def make_window(win: Window, model, out_root: str | Path, videos_dir: Path = VID
     """Make ``out_root/injected/<win.name>/``; None when it exists. Returns the summary printed."""
     import torch
 
-    from backend.camera import default_intrinsics, project_np
+    from backend.head.camera import default_intrinsics, project_np
     from backend.config import ReconstructConfig, VideoConfig
-    from backend.fit import fit_sequence
-    from backend.flame import HEAD_MOTION, FlameLayer, axis_angle_to_matrix, head_space
-    from backend.landmarks import detect_landmarks
-    from backend.render import rasterize
-    from backend.synth import expression_direction, micro_profile, off_basis_field, outside_span_fraction
-    from backend.video import read_clip
+    from backend.capture.fit import fit_sequence
+    from backend.head.flame import HEAD_MOTION, FlameLayer, axis_angle_to_matrix, head_space
+    from backend.capture.landmarks import detect_landmarks
+    from backend.head.render import rasterize
+    from backend.synthetic.synth import expression_direction, micro_profile, off_basis_field, outside_span_fraction
+    from backend.capture.video import read_clip
     from benchmarks.families import CLIP_FILE, FamilyClip, new_clip_folder, save_clip
 
     final = Path(out_root) / FAMILY / win.name
@@ -474,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
-    from backend.flame import load_flame
+    from backend.head.flame import load_flame
 
     model = load_flame()
     failed = 0

@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/families/own.py --out /work/data/microface/families --seeds 900000:900010
 
-Each seed's recipe (backend.dataset.draw_synthetic_spec: regions, peak, head angles, sway, noise,
-light drift) is rendered by backend.synth at its capture rate, every frame (stride 1), not as the
+Each seed's recipe (backend.training.dataset.draw_synthetic_spec: regions, peak, head angles, sway, noise,
+light drift) is rendered by backend.synthetic.synth at its capture rate, every frame (stride 1), not as the
 stride-sampled training window, and written as the recipe's mp4 (mp4v). Held-out seeds are
 900000 and up, the same ones as the stored held-out windows; training uses seeds below 900000.
 """
@@ -25,7 +25,7 @@ HELDOUT_SEED0 = 900000
 
 def capture_rate_spec(seed: int):
     """The recipe of ``seed`` at its capture rate: every captured frame instead of every stride-th."""
-    from backend.dataset import draw_synthetic_spec
+    from backend.training.dataset import draw_synthetic_spec
 
     spec = draw_synthetic_spec(seed)
     s = spec.stride
@@ -35,8 +35,8 @@ def capture_rate_spec(seed: int):
 
 def make_clip(seed: int, model, out_root: Path) -> Path | None:
     """Render seed ``seed`` into ``out_root/own/<seed>/`` (skipped when it exists)."""
-    from backend.dataset import _render
-    from backend.synth import write_video
+    from backend.training.dataset import _render
+    from backend.synthetic.synth import write_video
 
     final = out_root / "own" / str(seed)
     if (final / "clip.npz").exists():
@@ -51,7 +51,7 @@ def make_clip(seed: int, model, out_root: Path) -> Path | None:
             apex=clip.apex, offset=clip.offset, motion_head=clip.vertices_head - clip.vertices_head[:1],
             vertices_cam=clip.vertices, intrinsics=clip.intrinsics, profile=clip.profile,
             active_regions=list(clip.active_regions), peak_mm=peak,
-            info={"seed": int(seed), "renderer": "backend.synth", "codec": "mp4v", "frames": len(clip.frames),
+            info={"seed": int(seed), "renderer": "backend.synthetic.synth", "codec": "mp4v", "frames": len(clip.frames),
                   "size": [clip.width, clip.height], "spec": dataclasses.asdict(spec),
                   "seconds": round(time.perf_counter() - t0, 1)},
             params={"shape": clip.shape, "expr": clip.expr, "pose": clip.pose, "trans": clip.trans}))
@@ -63,7 +63,7 @@ def main() -> int:
     ap.add_argument("--out", default="/work/data/microface/families")
     ap.add_argument("--seeds", default=f"{HELDOUT_SEED0}:{HELDOUT_SEED0 + 10}", help="LO:HI")
     args = ap.parse_args()
-    from backend.flame import load_flame
+    from backend.head.flame import load_flame
 
     model = load_flame()
     lo, hi = (int(x) for x in args.seeds.split(":"))

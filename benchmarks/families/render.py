@@ -6,9 +6,9 @@ writes ``OUT/render/<seed>/`` (``video.<ext>`` and ``clip.npz``, ``benchmarks/fa
 existing clip folders are kept, so a run resumes. Each clip is rendered into a temporary sibling
 folder and renamed into place when complete.
 
-The motion and truth are the project's recipe (``backend.synth.motion`` of
-``backend.dataset.draw_synthetic_spec(seed)``: regions, peak, head angles, sway, off-basis bump),
-but the pixels come from another image source than backend.synth's numpy rasterizer: Cycles path
+The motion and truth are the project's recipe (``backend.synthetic.synth.motion`` of
+``backend.training.dataset.draw_synthetic_spec(seed)``: regions, peak, head angles, sway, off-basis bump),
+but the pixels come from another image source than backend.synthetic.synth's numpy rasterizer: Cycles path
 tracing (low samples, no denoiser) of the FLAME mesh with its own skin materials, an area light,
 an environment light, a textured backdrop or a world background, then a codec. From a separate
 stream of the seed (:func:`draw_look`) come the frame rate (25-200 fps, every frame rendered),
@@ -170,10 +170,10 @@ def draw_look(seed: int, n_frames: int = N_FRAMES) -> RenderLook:
 def recipe_motion(seed: int, look: RenderLook, model):
     """The recipe's motion of ``seed`` at the look's rate, frames and timing: (SynthMotion, peak_mm used).
 
-    As ``backend.dataset._render``: a peak the named model cannot reach with weights <= 1 is
+    As ``backend.training.dataset._render``: a peak the named model cannot reach with weights <= 1 is
     lowered x0.75 until it can."""
-    from backend.dataset import draw_synthetic_spec, with_reachable_peak
-    from backend.synth import motion
+    from backend.training.dataset import draw_synthetic_spec, with_reachable_peak
+    from backend.synthetic.synth import motion
 
     spec = dataclasses.replace(draw_synthetic_spec(seed), capture_fps=look.fps, stride=1, n_frames=look.n_frames,
                                onset=look.onset, apex=look.apex, offset=look.offset, width=look.width,
@@ -184,7 +184,7 @@ def recipe_motion(seed: int, look: RenderLook, model):
 def face_intrinsics(vertices_cam0: np.ndarray, model, width: int, height: int, face_px: float) -> np.ndarray:
     """(3,) f, cx, cy with the principal point at the image centre and f such that the face regions'
     vertices of ``vertices_cam0`` (V, 3) span ``face_px`` pixels across."""
-    from backend.camera import default_intrinsics, project_np
+    from backend.head.camera import default_intrinsics, project_np
 
     face = vertices_cam0[model.region_labels >= 0]
     uv = project_np(face, np.array([1.0, 0.0, 0.0]))
@@ -450,8 +450,8 @@ def build_scene(look: RenderLook, model, vertices_cam0: np.ndarray, neutral: np.
     = the head's silhouette)."""
     import bpy
 
-    from backend.synth import _template_face_uvs
-    from backend.texture import procedural_skin_texture
+    from backend.synthetic.synth import _template_face_uvs
+    from backend.synthetic.texture import procedural_skin_texture
     from microface_blender.camera import lens_from_intrinsics
 
     created: list = []
@@ -555,7 +555,7 @@ def encode(frames: np.ndarray, frames_dir: Path, fps: float, out_dir: Path, look
     ``frames_dir`` holds them as ``f_%04d.png`` already (the Blender codecs read those)."""
     import cv2
 
-    from backend.synth import container_fps
+    from backend.synthetic.synth import container_fps
 
     t, h, w = frames.shape[:3]
     if look.codec == "mjpeg":
@@ -582,8 +582,8 @@ def render_frames(look: RenderLook, model, verts: np.ndarray, neutral: np.ndarra
     write them as ``frames_dir/f_%04d.png``. Returns ((T, H, W, 4) uint8 RGBA, info)."""
     import cv2
 
-    from backend.render import rasterize
-    from backend.camera import project_np
+    from backend.head.render import rasterize
+    from backend.head.camera import project_np
 
     frames_dir.mkdir(parents=True, exist_ok=True)
     cs = build_scene(look, model, verts[0], neutral, intrinsics, texture_rng, transparent=transparent)
@@ -630,8 +630,8 @@ def render_frames(look: RenderLook, model, verts: np.ndarray, neutral: np.ndarra
 def make_clip(seed: int, model, out_root: Path, n_frames: int = N_FRAMES, look: RenderLook | None = None,
               log=print) -> Path | None:
     """Render seed ``seed`` into ``out_root/render/<seed>/`` (skipped, returning None, when it exists)."""
-    from backend.synth import container_fps
-    from backend.video import read_clip
+    from backend.synthetic.synth import container_fps
+    from backend.capture.video import read_clip
     from benchmarks.families import FamilyClip, new_clip_folder, save_clip
 
     final = Path(out_root) / FAMILY / str(seed)
@@ -690,7 +690,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default=f"{HELDOUT_SEED0}:{HELDOUT_SEED0 + 8}", help="LO:HI")
     ap.add_argument("--frames", type=int, default=N_FRAMES)
     args = ap.parse_args(argv)
-    from backend.flame import load_flame
+    from backend.head.flame import load_flame
 
     model = load_flame()
     lo, hi = (int(x) for x in args.seeds.split(":"))

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .regions import active_regions, region_motion
+from ..head.regions import active_regions, region_motion
 
 
 def rigid_align(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -86,16 +86,16 @@ def micro_metrics(pred_cam: np.ndarray, gt_cam: np.ndarray, pred_head: np.ndarra
 
 
 def method_meshes(sample: dict, layer, nets: dict) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Each method's (camera, head-space) meshes (T, V, 3) metres on one sample (backend/dataset.py layout).
+    """Each method's (camera, head-space) meshes (T, V, 3) metres on one sample (backend/training/dataset.py layout).
 
     Methods: "fit only" (the static landmark fit), and for each named network its final meshes;
     the network called "full" also gives "DEM only" (its initial meshes, before the deformation).
     """
     import torch
 
-    from .config import ReconstructConfig
-    from .flame import head_space
-    from .refine import refine_sample
+    from ..config import ReconstructConfig
+    from ..head.flame import head_space
+    from ..net.refine import refine_sample
 
     drift_sigma = ReconstructConfig().drift_sigma_s * float(sample["meta"]["fps"])
     with torch.no_grad():

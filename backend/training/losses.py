@@ -7,9 +7,9 @@ emotion losses are not built (they need the renderer and a pretrained network).
 
 Conventions shared by every function:
 - Shapes: B clips, T frames (index 0 = the onset of the window), V vertices, K landmarks.
-- 3D inputs are metres in camera space (what :class:`backend.flame.FlameLayer` returns). Terms
+- 3D inputs are metres in camera space (what :class:`backend.head.flame.FlameLayer` returns). Terms
   that measure a length report millimetres (``MM`` = 1000 per metre), so weights are O(1).
-- Pixels: pixel centres at integer coordinates, v down (:mod:`backend.camera`). ``intrinsics``
+- Pixels: pixel centres at integer coordinates, v down (:mod:`backend.head.camera`). ``intrinsics``
   (B, 3) is f, cx, cy in source-video pixels; ``align`` (B, T, 2, 3) maps source pixels to the
   pixels of the aligned crop of side ``crop_size`` (224 in the pipeline).
 - Image-like maps in crop coordinates (flow, crops) may be stored at another resolution H x W
@@ -27,8 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .camera import project, project_np
-from .render import rasterize, vertex_normals
+from ..head.camera import project, project_np
+from ..head.render import rasterize, vertex_normals
 
 MM = 1000.0                                    # millimetres per metre
 GEO_TERMS = ("lap", "normal", "flow_guide")    # the terms inside L_geo (Eq. 24)
@@ -114,7 +114,7 @@ def flow_reprojection_loss(verts: torch.Tensor, intrinsics: torch.Tensor, align:
     vis (B, T, V) visibility weights (bool or float, treated as constants); crop_size: crop side
     in pixels. flow (B, T-1, H, W, 2): a map of H x W covering the crop of side ``crop_size``
     (see the module docstring), values in crop pixels; ``flow[:, k, y, x]`` is where the content
-    at (x, y) of the earlier crop went, minus (x, y) (:func:`backend.flow.crop_flow`).
+    at (x, y) of the earlier crop went, minus (x, y) (:func:`backend.capture.flow.crop_flow`).
 
     Pair mode (default): flow[:, t] is crop_t -> crop_t+1. With p_t the projection of frame t's
     vertices into crop_t coordinates (frame t's own align), the mesh predicts
@@ -167,59 +167,6 @@ def photometric_loss(verts: torch.Tensor, intrinsics: torch.Tensor, align: torch
     vis = vis.to(verts.dtype).detach()
     w = vis[:, :1] * vis[:, 1:] * inside[:, :1] * inside[:, 1:]
     return _wmean(diff, w)
-
-
-@torch.no_grad()
-def vertex_visibility(verts, faces, intrinsics, width: int, height: int, depth_tol: float = 1e-3):
-    """Which vertices the camera sees, per frame (no gradient; numpy z-buffer).
-
-    verts (T, V, 3) camera-space metres (torch or numpy); faces (F, 3) counter-clockwise seen from
-    outside; intrinsics (3,) f, cx, cy pixels of an image of ``width`` x ``height``.
-    A vertex is visible when it projects inside the image, its area-weighted normal faces the
-    camera, and it is not behind the z-buffer of the back-face-culled mesh: its depth is at most
-    depth_tol (metres) beyond the farthest of the 4 pixel centres around its projection. (For a
-    locally flat visible surface the vertex depth interpolates those 4 depths, so it never exceeds
-    their maximum; the tolerance absorbs curvature. Background pixels count as infinitely far.)
-    Returns (T, V) bool: a torch tensor on verts' device for torch input, else numpy.
-    """
-    is_torch = isinstance(verts, torch.Tensor)
-    vv = verts.detach().cpu().double().numpy() if is_torch else np.asarray(verts, np.float64)
-    ff = faces.cpu().numpy() if isinstance(faces, torch.Tensor) else np.asarray(faces)
-    ff = ff.astype(np.int64)
-    intr = intrinsics.detach().cpu().double().numpy() if isinstance(intrinsics, torch.Tensor) \
-        else np.asarray(intrinsics, np.float64)
-    out = np.zeros(vv.shape[:2], bool)
-    for i, x in enumerate(vv):
-        px = project_np(x, intr)
-        depth = -x[:, 2]
-        _, _, zbuf = rasterize(px[ff], depth[ff], width, height, cull_backfaces=True)
-        facing = (vertex_normals(x, ff) * -x).sum(1) > 0                           # normal . (camera - v)
-        inside = (px[:, 0] >= 0) & (px[:, 0] <= width - 1) & (px[:, 1] >= 0) & (px[:, 1] <= height - 1) \
-            & (depth > 0)
-        u0 = np.clip(np.floor(px[:, 0]), 0, width - 1).astype(np.int64)
-        v0 = np.clip(np.floor(px[:, 1]), 0, height - 1).astype(np.int64)
-        u1, v1 = np.minimum(u0 + 1, width - 1), np.minimum(v0 + 1, height - 1)
-        zmax = np.maximum.reduce([zbuf[v0, u0], zbuf[v0, u1], zbuf[v1, u0], zbuf[v1, u1]])
-        out[i] = inside & facing & (depth <= zmax + depth_tol)
-    return torch.as_tensor(out, device=verts.device) if is_torch else out
-
-
-def _blendshape_gram(model, dirs: np.ndarray, dtype: torch.dtype, device) -> torch.Tensor:
-    face_v = np.flatnonzero(model.region_labels >= 0)
-    bd = dirs[face_v].astype(np.float64) * MM
-    return torch.as_tensor(np.einsum("vck,vcl->kl", bd, bd) / len(face_v), dtype=dtype, device=device)
-
-
-def expression_gram(model, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> torch.Tensor:
-    """(n_expr, n_expr) metric G with e^T G e = mean squared displacement (mm^2) that expression
-    coefficients e cause over the face vertices (region_labels >= 0). The same matrix as the
-    static fit's expression prior (backend/fit.py), so it suits PCA and 0..1 blendshapes alike."""
-    return _blendshape_gram(model, model.exprdirs, dtype, device)
-
-
-def identity_gram(model, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> torch.Tensor:
-    """(n_shape, n_shape) metric like :func:`expression_gram`, for the identity (shape) basis."""
-    return _blendshape_gram(model, model.shapedirs, dtype, device)
 
 
 def _quad(x: torch.Tensor, gram: torch.Tensor | None) -> torch.Tensor:
@@ -349,7 +296,7 @@ def flow_guided_loss(delta: torch.Tensor, w_attn: torch.Tensor, lambda_flow: flo
 # ----------------------------------------------------------------------------- supervised (synthetic)
 
 def vertex_loss(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean Euclidean (L2, not squared) vertex distance in mm, as in :mod:`backend.evaluate`.
+    """Mean Euclidean (L2, not squared) vertex distance in mm, as in :mod:`backend.training.evaluate`.
     pred, gt (B, T, V, 3) metres; mask (V,) bool/float over vertices (e.g. face regions) or None."""
     err = _safe_norm(pred - gt) * MM                                                 # (B, T, V)
     return err.mean() if mask is None else _wmean(err, mask.to(err.dtype))

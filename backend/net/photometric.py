@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .config import PhotometricConfig
+from ..config import PhotometricConfig
 
 _MARGIN_PX = 8      # around the face's box over all frames: the Sobel kernel and a few pixels of motion
 
@@ -50,7 +50,7 @@ def sample_image(maps: torch.Tensor, px: torch.Tensor) -> torch.Tensor:
 
 
 def pixel_jacobian(x: torch.Tensor, intrinsics: torch.Tensor) -> torch.Tensor:
-    """d(pixel)/d(camera point) (N, 2, 3) of camera points x (N, 3) metres under backend.camera.project."""
+    """d(pixel)/d(camera point) (N, 2, 3) of camera points x (N, 3) metres under backend.head.camera.project."""
     d = -x[:, 2]
     f = intrinsics[0]
     dpi = torch.zeros(len(x), 2, 3, dtype=x.dtype)
@@ -134,8 +134,8 @@ def fit_correction(frames: np.ndarray, vertices: np.ndarray, vertices_head: np.n
     frames whose face was seen. None when the network saw no motion (its profile is empty) or too
     few face points are visible.
     """
-    from .camera import project, project_np
-    from .losses import vertex_visibility
+    from ..head.camera import project, project_np
+    from ..head.visibility import vertex_visibility
 
     h, w = frames.shape[1:3]
     motion = np.linalg.norm(vertices_head[:, face_mask] - vertices_head[:1, face_mask], axis=-1).mean(1)
@@ -197,7 +197,7 @@ def fit_correction(frames: np.ndarray, vertices: np.ndarray, vertices_head: np.n
 def refine_photometric(frames: np.ndarray, refined: dict[str, np.ndarray], model, shape: np.ndarray,
                        trans: np.ndarray, intrinsics: np.ndarray, valid: np.ndarray,
                        cfg: PhotometricConfig) -> tuple[dict[str, np.ndarray], Correction | None]:
-    """The network's output ``refined`` (backend.refine.refine_sample) corrected by :func:`fit_correction`.
+    """The network's output ``refined`` (backend.net.refine.refine_sample) corrected by :func:`fit_correction`.
 
     frames (T, H, W, 3) uint8 RGB, the same frames; shape (n_shape,), trans (T, 3) metres: the fit's
     identity and translation. Expression and jaw take ``profile_t * dpsi``; the initial meshes are
@@ -206,7 +206,7 @@ def refine_photometric(frames: np.ndarray, refined: dict[str, np.ndarray], model
     """
     from torch.func import jacfwd
 
-    from .flame import HEAD_MOTION, FlameLayer, head_space
+    from ..head.flame import HEAD_MOTION, FlameLayer, head_space
 
     layer = FlameLayer(model).double()
     jaw, n = model.jaw_pose_slice(), refined["expr"].shape[1]

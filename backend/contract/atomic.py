@@ -1,6 +1,6 @@
 """Writing a file so that a failure never leaves a partial one where readers look.
 
-(``backend/result.py`` keeps its own copy of this logic: it is shipped alone inside the Blender
+(``backend/contract/result.py`` keeps its own copy of this logic: it is shipped alone inside the Blender
 add-on and may import nothing from the backend.)
 """
 from __future__ import annotations

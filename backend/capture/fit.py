@@ -21,10 +21,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .camera import default_intrinsics, project
-from .config import FitConfig
-from .flame import FlameLayer, FlameModel
-from .losses import expression_gram
+from ..config import FitConfig
+from ..head.camera import default_intrinsics, project
+from ..head.flame import FlameLayer, FlameModel
+from ..head.priors import expression_gram
 
 # MediaPipe face-mesh points used for scale and the iris term.
 MP_EYE_OUTER = (33, 263)

@@ -1,6 +1,6 @@
 """Training: one reproducible, resumable command.
 
-    python -m backend.train --data DIR [DIR ...] [--real DIR] --steps N --out weights/microface.pt
+    python -m backend.training.train --data DIR [DIR ...] [--real DIR] --steps N --out weights/microface.pt
 
 Synthetic windows (truth known) are supervised on the motion from the onset, for the final mesh
 and for the DEM's initial mesh, plus the paper's geometric terms (Eq. 24–27). Real windows (no
@@ -23,13 +23,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .atomic import atomic_path
+from ..config import pick_device
+from ..contract.atomic import atomic_path
+from ..head.flame import FlameModel, load_flame
+from ..head.priors import expression_gram
+from ..head.visibility import vertex_visibility
+from ..net.dem import window_times
+from ..net.model import MicroFaceNet, ModelConfig, landmark_points, save_weights
 from .calibrate import detection_rule
-from .config import pick_device
 from .dataset import load_samples
-from .dem import window_times
-from .flame import FlameModel, load_flame
-from .model import MicroFaceNet, ModelConfig, landmark_points, save_weights
 
 
 @dataclass
@@ -153,13 +155,13 @@ def face_scale_px(lmk: torch.Tensor) -> torch.Tensor:
 
 def self_supervised_terms(net: MicroFaceNet, out: dict, batch: dict, lap: torch.Tensor, gram: torch.Tensor) -> dict:
     from . import losses
-    from .camera import project
+    from ..head.camera import project
 
     v = out["vertices"]
     b, t, nv, _ = v.shape
     faces = net.flame_model.faces
     size = batch["image_size"].cpu().numpy()
-    vis = torch.stack([torch.as_tensor(losses.vertex_visibility(v[i].detach(), faces, batch["intrinsics"][i].cpu(),
+    vis = torch.stack([torch.as_tensor(vertex_visibility(v[i].detach(), faces, batch["intrinsics"][i].cpu(),
                                                                 int(size[i, 0]), int(size[i, 1]))) for i in range(b)]).to(v)
     lm = torch.cat([net.flame.landmarks68(v.reshape(b * t, nv, 3)), net.flame.landmarks_mp(v.reshape(b * t, nv, 3))], 1)
     lm_px = project(lm, batch["intrinsics"].repeat_interleave(t, 0)).view(b, t, -1, 2)
@@ -192,7 +194,7 @@ def train(cfg: TrainConfig, log=print) -> Path:
         raise SystemExit(f"no training samples (clip_*.npz) in {cfg.data}")
     face = torch.as_tensor(flame_model.region_labels >= 0, device=device)
     lap = losses.laplacian_matrix(flame_model.faces, len(flame_model.v_template), verts=flame_model.v_template).to(device)
-    gram = losses.expression_gram(flame_model, device=device)
+    gram = expression_gram(flame_model, device=device)
     weights = {**losses.LossWeights().as_dict(), "motion": cfg.w_motion, "motion_init": cfg.w_motion_init,
                "lap": cfg.w_lap, "normal": cfg.w_normal, "flow_guide": cfg.w_flow_guide, "geo": cfg.w_geo}
     params = [p for n, p in net.named_parameters() if p.requires_grad]
@@ -246,21 +248,21 @@ def train(cfg: TrainConfig, log=print) -> Path:
         if s["meta"].get("flow") not in flows:
             flows.append(s["meta"].get("flow"))
     provenance = {
-        "command": "python -m backend.train " + " ".join(sys.argv[1:]),
+        "command": "python -m backend.training.train " + " ".join(sys.argv[1:]),
         "commit": _git_commit(),
         "seed": cfg.seed,
         "train_config": {k: v for k, v in asdict(cfg).items() if k != "model"},
         "data": {"synthetic_clips": len(synth.samples),
                  "synthetic_seeds": sorted(int(s["meta"]["seed"]) for s in synth.samples),
                  "real_windows": len(real.samples) if real else 0,
-                 "recipe": "backend.dataset make_synthetic_sample (docs/learned_modules.md)",
+                 "recipe": "backend.training.dataset make_synthetic_sample (docs/learned_modules.md)",
                  "flow": flows},
         "head_model": flame_model.model_id,
         "final_losses": {k: float(np.mean([h[k] for h in tail if k in h])) for k in tail[-1]},
     }
     net = net.cpu().eval()
     net.trained_flow = flows[0] if len(flows) == 1 else None
-    t0 = time.perf_counter()   # the region rule, on the clips it trained on (backend/calibrate.py)
+    t0 = time.perf_counter()   # the region rule, on the clips it trained on (backend/training/calibrate.py)
     net.detection = provenance["detection"] = detection_rule(net, synth.samples)
     log(json.dumps({"event": "calibrated", **net.detection, "seconds": round(time.perf_counter() - t0, 1)}))
     save_weights(net, out_path, provenance)
@@ -269,7 +271,7 @@ def train(cfg: TrainConfig, log=print) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m backend.train", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m backend.training.train", description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", nargs="+", required=True, help="folders of synthetic samples (clip_*.npz)")
     ap.add_argument("--real", nargs="*", default=[], help="folders of real windows (real_*.npz)")
     ap.add_argument("--seeds", help="LO:HI, only synthetic clips with seeds in [LO, HI)")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-REGION_NAMES = ("left_eye", "right_eye", "nose", "mouth", "left_cheek", "right_cheek", "forehead", "chin")
+from ..contract.result import REGION_NAMES   # the one list, in the result file's contract
 
 
 def region_labels(masks: dict[str, np.ndarray], v_template: np.ndarray) -> np.ndarray:
@@ -53,7 +53,7 @@ def region_labels(masks: dict[str, np.ndarray], v_template: np.ndarray) -> np.nd
     return labels
 
 
-# (fraction, floor_mm): the synthetic generator's own rule for its ground truth (backend/synth.py)
+# (fraction, floor_mm): the synthetic generator's own rule for its ground truth (backend/synthetic/synth.py)
 TRUTH_RULE = (0.3, 0.03)
 DETECTION_FRACTIONS = tuple(np.round(np.arange(0.2, 0.91, 0.05), 2))
 DETECTION_FLOORS_MM = (0.0, 0.02, 0.03, 0.05, 0.08, 0.1, 0.15, 0.2, 0.3)

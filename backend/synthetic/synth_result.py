@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import __version__
-from .flame import FlameLayer, FlameModel, head_space
-from .regions import TRUTH_RULE, region_detection, region_motion
-from .result import UNITS, Result
+from .. import __version__
+from ..contract.result import UNITS, Result
+from ..head.flame import FlameLayer, FlameModel, head_space
+from ..head.regions import TRUTH_RULE, region_detection, region_motion
 
 
 def _smooth(rng: np.random.Generator, n: int, dims: int, periods: tuple[float, float] = (20.0, 120.0)) -> np.ndarray:

@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .camera import project
+from ..head.camera import project
+from ..head.flame import FlameModel
 from .dem import mixed_precision
-from .flame import FlameModel
 
 PATCH = 5               # pixels per side of the region patch (Eq. 13, 18)
 LAMBDA_ATTN = 0.02      # Eq. 21, metres per unit of the output MLP

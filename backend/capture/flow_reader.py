@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .config import ReaderConfig
-from .flame import FlameLayer, FlameModel, axis_angle_to_matrix
+from ..config import ReaderConfig
+from ..head.flame import FlameLayer, FlameModel, axis_angle_to_matrix
 
 _MM = 1000.0
 _RIGID_RIDGE = 1e-9      # the rigid correction is free, up to this ridge
@@ -66,14 +66,14 @@ def _sample_flow(flow: torch.Tensor, p: torch.Tensor, crop_size: float) -> torch
 def _crop_jacobian(x: np.ndarray, intrinsics: np.ndarray, align: np.ndarray) -> np.ndarray:
     """d(crop px)/d(camera point) (N, 2, 3) for camera points x (N, 3) m: the pinhole, then the
     crop's affine map (2, 3)."""
-    from .photometric import pixel_jacobian
+    from ..net.photometric import pixel_jacobian
 
     j = pixel_jacobian(torch.as_tensor(x), torch.as_tensor(np.asarray(intrinsics, np.float64))).numpy()
     return np.einsum("ij,njk->nik", align[:, :2], j)
 
 
 def _project_crop(x: np.ndarray, intrinsics: np.ndarray, align: np.ndarray) -> np.ndarray:
-    from .camera import project_np
+    from ..head.camera import project_np
 
     return project_np(x, intrinsics) @ align[:, :2].T + align[:, 2]
 
@@ -127,7 +127,7 @@ def _solve_frames(prior_psi: np.ndarray, cam: np.ndarray, jac_head: np.ndarray, 
     (N, 3, P) their head-space Jacobian in ψ, rotations (T, 3, 3) head -> camera, track (T, N, 2)
     crop px, inside (T, N) bool. Returns per_frame (T, P), hess (T, P, P), grad (T, P), solved (T,)
     bool and the per-frame residual norms (list of (N_t,) crop px)."""
-    from .photometric import rigid_jacobian
+    from ..net.photometric import rigid_jacobian
 
     t_count, p_count = len(cam), prior_psi.shape[0]
     prior = np.zeros((p_count + 6, p_count + 6))
@@ -176,15 +176,15 @@ def read_flow(model: FlameModel, flow: np.ndarray, align: np.ndarray, intrinsics
 
     flow (M, S, S, 2) flows between aligned crops, in ``crop_size``-crop px (S may be smaller:
     pooled), for ``pairs`` (M, 2) (source, target) frames, one pair per target 1..T-1 from an
-    earlier source (backend.flow.anchor_pairs; default the consecutive pairs); align (T, 2, 3)
+    earlier source (backend.capture.flow.anchor_pairs; default the consecutive pairs); align (T, 2, 3)
     image px -> crop px; intrinsics (3,) f, cx, cy and
     image_size (W, H) in the same image px; shape (n_shape,), expr (T, n), pose (T, 3J), trans
     (T, 3) m: the static fit; valid (T,) bool frames with a usable face; fps frames per second.
     """
     from torch.func import jacfwd
 
-    from .losses import vertex_visibility
-    from .photometric import frame_rotations
+    from ..head.visibility import vertex_visibility
+    from ..net.photometric import frame_rotations
 
     cfg = cfg or ReaderConfig()
     t_count = len(expr)
@@ -214,7 +214,7 @@ def read_flow(model: FlameModel, flow: np.ndarray, align: np.ndarray, intrinsics
     w, h = (int(v) for v in image_size)
     seen = face & ~model.eyeball_mask() & vertex_visibility(cam[:1], model.faces, intrinsics, w, h)[0]
     # Grazing points smear in the flow: keep those facing the camera.
-    from .render import vertex_normals
+    from ..head.render import vertex_normals
 
     normals = vertex_normals(cam[0], model.faces)
     facing = (normals * -cam[0] / np.linalg.norm(cam[0], axis=1, keepdims=True)).sum(1)

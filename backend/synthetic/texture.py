@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .flame import FlameModel
-from .render import rasterize, vertex_normals
+from ..head.flame import FlameModel
+from ..head.render import rasterize, vertex_normals
 
 
 def _smoothstep(edge0: float, edge1: float, x: np.ndarray) -> np.ndarray:

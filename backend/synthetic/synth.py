@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .atomic import atomic_path
-from .camera import default_intrinsics
-from .flame import FlameLayer, FlameModel, load_flame
+from ..contract.atomic import atomic_path
+from ..head.camera import default_intrinsics
+from ..head.flame import FlameLayer, FlameModel, load_flame
+from ..head.render import Light, render, vertex_normals
 from .obj import read_obj
-from .render import Light, render, vertex_normals
 from .texture import background_image, procedural_skin_texture
 
 # Seen through parted lips, the inside of the open head mesh stands in for the mouth cavity.
@@ -439,7 +439,7 @@ def _render_frames(cfg: SynthConfig, model: FlameModel, neutral: np.ndarray, ver
 
 def _template_face_uvs(model: FlameModel) -> np.ndarray:
     """(F, 3, 2) per-corner UVs from the UV'd FLAME template beside the model file."""
-    from .config import assets_folder, resolve_asset
+    from ..config import assets_folder, resolve_asset
 
     path = resolve_asset("uv_template", folders=(model.path.parent, assets_folder()))
     mesh = read_obj(path)

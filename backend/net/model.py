@@ -14,12 +14,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .atomic import atomic_path
-from .config import file_sha256
+from ..config import file_sha256
+from ..contract.atomic import atomic_path
+from ..errors import MicroFaceError
+from ..head.flame import HEAD_MOTION, FlameLayer, FlameModel, axis_angle_to_matrix
 from .dem import DynamicEncodedModule
 from .dgmd import DGMDConfig, DynamicGuidedDeformation
-from .errors import MicroFaceError
-from .flame import HEAD_MOTION, FlameLayer, FlameModel, axis_angle_to_matrix
 
 WEIGHTS_FORMAT = "microface-weights"
 WEIGHTS_VERSION = 1
@@ -48,7 +48,7 @@ class MicroFaceNet(nn.Module):
         self.cfg = cfg = cfg or ModelConfig()
         self.flame_model = model
         self.trained_flow: dict | None = None   # the flow recipe it learned to read (load_weights sets it)
-        # Its region rule {"fraction", "floor_mm", ...} calibrated on clips with truth (backend/calibrate.py)
+        # Its region rule {"fraction", "floor_mm", ...} calibrated on clips with truth (backend/training/calibrate.py)
         self.detection: dict | None = None
         self.flame = FlameLayer(model)
         for b in self.flame.buffers():
@@ -96,7 +96,7 @@ class MicroFaceNet(nn.Module):
         Returns expr (B, T, n) and pose (B, T, 3J) (the jaw from the DEM); vertices_init / vertices (B, T, V, 3) camera m; head-space versions;
         delta_head (B, T, V, 3); attention (B, T, V); intensity and attention_region (B, T, R); dpsi.
 
-        For long clips (backend/refine.py): ``expr_only`` runs the DEM alone; ``given_expr`` takes
+        For long clips (backend/net/refine.py): ``expr_only`` runs the DEM alone; ``given_expr`` takes
         ``fit_expr`` as the final expressions and ``flow_acc`` (B, T, S, S, 2) as the onset-to-t flow,
         so FLAME and the DGMD can run on a chunk of frames.
         """

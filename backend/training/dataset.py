@@ -16,8 +16,8 @@ all show the tracked face; they have no ``gt_*`` keys and serve self-supervised 
 
 CLI (resumable: existing files are skipped)::
 
-    python -m backend.dataset synth OUT_DIR --seeds 0:400 --workers 2
-    python -m backend.dataset real OUT_DIR VIDEO [VIDEO ...]
+    python -m backend.training.dataset synth OUT_DIR --seeds 0:400 --workers 2
+    python -m backend.training.dataset real OUT_DIR VIDEO [VIDEO ...]
 """
 from __future__ import annotations
 
@@ -36,10 +36,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_path
-from .config import ReconstructConfig
-from .errors import MicroFaceError
-from .regions import REGION_NAMES
+from ..config import ReconstructConfig
+from ..contract.atomic import atomic_path
+from ..errors import MicroFaceError
+from ..head.regions import REGION_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -157,14 +157,14 @@ def load_samples(folder: str | os.PathLike, pattern: str, seeds: tuple[int, int]
 def gt_vertices(sample: dict, layer) -> tuple[np.ndarray, np.ndarray]:
     """True vertices of a synthetic sample: (camera (N, V, 3), head (N, V, 3)) float32 metres.
 
-    Composed as :func:`backend.synth.generate` does: FLAME(shape, expr, pose, trans) plus the
+    Composed as :func:`backend.synthetic.synth.generate` does: FLAME(shape, expr, pose, trans) plus the
     off-basis field scaled by the profile and rotated with the head's global rotation; head space is
     FLAME without pose or translation plus the unrotated field. ``layer`` is a
-    :class:`backend.flame.FlameLayer` of the sample's head model (float64 for the last micrometre).
+    :class:`backend.head.flame.FlameLayer` of the sample's head model (float64 for the last micrometre).
     """
     import torch
 
-    from .flame import axis_angle_to_matrix
+    from ..head.flame import axis_angle_to_matrix
 
     p = layer.v_template
     as_t = lambda a: torch.as_tensor(np.asarray(a), dtype=p.dtype, device=p.device)  # noqa: E731
@@ -191,7 +191,7 @@ def _frontend(clip, lms, model, cfg: ReconstructConfig) -> dict:
     arrays of the sample format (source pixels) plus ``info`` (timings in s, landmark source, fit error)."""
     import cv2
 
-    from .pipeline import network_inputs, run_frontend
+    from ..pipeline import network_inputs, run_frontend
 
     timings: dict[str, float] = {}
     fe = run_frontend(clip, lms, model, cfg, cfg.device, timings=timings)
@@ -210,13 +210,13 @@ def _frontend(clip, lms, model, cfg: ReconstructConfig) -> dict:
 
 
 def process_clip(clip, model, cfg: ReconstructConfig | None = None) -> dict:
-    """Run the frontend on a decoded :class:`backend.video.Clip`, in the pipeline's order.
+    """Run the frontend on a decoded :class:`backend.capture.video.Clip`, in the pipeline's order.
 
     Returns the sample-format arrays (see :data:`SAMPLE_KEYS`: crops (N, 112, 112, 3) uint8, flow
     (N-1, 112, 112, 2) float16 in 224-crop pixels, ...; pixels are source pixels) and ``info``.
     Raises :class:`MicroFaceError` when MediaPipe finds fewer than 2 usable frames.
     """
-    from .landmarks import detect_landmarks
+    from ..capture.landmarks import detect_landmarks
 
     cfg = cfg or default_config()
     t = time.perf_counter()
@@ -238,7 +238,7 @@ def process_frames(frames: np.ndarray, fps: float, model, cfg: ReconstructConfig
     """
     import cv2
 
-    from .video import read_clip
+    from ..capture.video import read_clip
 
     cfg = copy.deepcopy(cfg or default_config())
     cfg.video.fps = float(fps)
@@ -306,8 +306,8 @@ class SyntheticSpec:
         return (self.offset - self.onset) / self.fps
 
     def synth_config(self):
-        """The :class:`backend.synth.SynthConfig` that renders this sample."""
-        from .synth import MicroExpressionSpec, SynthConfig
+        """The :class:`backend.synthetic.synth.SynthConfig` that renders this sample."""
+        from ..synthetic.synth import MicroExpressionSpec, SynthConfig
 
         base = SynthConfig()
         return SynthConfig(
@@ -373,7 +373,7 @@ def with_reachable_peak(spec: SyntheticSpec, make):
 
 def _render(spec: SyntheticSpec, model):
     """generate() the spec at a reachable peak (:func:`with_reachable_peak`): (SynthClip, peak_mm used)."""
-    from .synth import generate
+    from ..synthetic.synth import generate
 
     return with_reachable_peak(spec, lambda s: generate(s.synth_config(), model))
 
@@ -421,7 +421,7 @@ def _make_synthetic(seed: int, model, out_dir: Path, cfg: ReconstructConfig | No
     arrays.update({k: v.astype(np.float32) for k, v in truth_arrays(clip).items()})
     timings = {"render": t_render, **finfo["timings"]}
     meta = {
-        "kind": "synthetic", "source": f"backend.synth seed {seed}", "seed": int(seed),
+        "kind": "synthetic", "source": f"backend.synthetic.synth seed {seed}", "seed": int(seed),
         "fps": float(clip.fps), "capture_fps": spec.capture_fps, "stride": spec.stride,
         "onset": clip.onset, "apex": clip.apex, "offset": clip.offset, "duration_s": spec.duration_s,
         "active_regions": list(clip.active_regions), "requested_regions": list(clip.requested_regions),
@@ -492,8 +492,8 @@ def make_real_samples(video_path: str | os.PathLike, model, out_dir: str | os.Pa
     ``cfg.video`` picks the frame range. Existing files are kept. ``report(name, info)`` is called per
     window. Returns the paths of the windows' files (existing ones included).
     """
-    from .landmarks import detect_landmarks, shot_cuts
-    from .video import Clip, read_clip
+    from ..capture.landmarks import detect_landmarks, shot_cuts
+    from ..capture.video import Clip, read_clip
 
     cfg = cfg or default_config()
     out_dir = Path(out_dir)
@@ -548,7 +548,7 @@ def _init_worker(flow_workers: int, single_thread: bool = True) -> None:
 
         torch.set_num_threads(1)
         cv2.setNumThreads(1)
-    from .flame import load_flame
+    from ..head.flame import load_flame
 
     cfg = default_config()
     cfg.flow.workers = flow_workers
@@ -629,7 +629,7 @@ def _cmd_synth(args) -> int:
 
 
 def _cmd_real(args) -> int:
-    from .flame import load_flame
+    from ..head.flame import load_flame
 
     model = load_flame()
     cfg = default_config()
@@ -656,7 +656,7 @@ def _cmd_real(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m backend.dataset", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m backend.training.dataset", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("synth", help="synthetic clips with known truth, clip_<seed>.npz")
     s.add_argument("out_dir")

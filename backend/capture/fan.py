@@ -15,8 +15,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .config import ASSETS, resolve_asset
-from .errors import MicroFaceError
+from ..config import ASSETS, resolve_asset
+from ..errors import MicroFaceError
 from .video import Progress
 
 # Files face-alignment 1.4.1 downloads for the 2D FAN-4 network: the default, then the torch-1.6 and

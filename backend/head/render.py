@@ -1,6 +1,6 @@
 """A small z-buffer triangle rasterizer in numpy, for synthetic clips and photometric checks.
 
-The camera is :mod:`backend.camera`'s pinhole: at the origin looking down -z, +y up; pixel
+The camera is :mod:`backend.head.camera`'s pinhole: at the origin looking down -z, +y up; pixel
 centres sit at integer (u, v) with v down. Coverage is sampled at pixel centres only (no
 anti-aliasing; render larger and downsample for that). Barycentrics are perspective-correct.
 All triangles are scan-converted at once: each row of a triangle's bounding box gets the span

@@ -15,8 +15,8 @@ import cv2
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
-from .config import AlignConfig
-from .errors import MicroFaceError
+from ..config import AlignConfig
+from ..errors import MicroFaceError
 from .landmarks import Landmarks
 from .video import Clip
 

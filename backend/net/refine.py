@@ -39,7 +39,7 @@ def refine_sample(net: MicroFaceNet, sample: dict, frame_indices: np.ndarray | N
                   psi: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Run DEM -> FLAME -> DGMD on every frame of ``sample``.
 
-    ``psi`` (expr (T, n), pose (T, 3J)): expression and jaw read elsewhere (backend/flow_reader.py)
+    ``psi`` (expr (T, n), pose (T, 3J)): expression and jaw read elsewhere (backend/capture/flow_reader.py)
     that the mesh deformation refines instead of the DEM's.
 
     ``frame_indices`` (T,) source frame numbers set the time axis (default 0..T-1).
@@ -91,10 +91,10 @@ def refine_sample(net: MicroFaceNet, sample: dict, frame_indices: np.ndarray | N
 def parametric_meshes(model, fit, expr: np.ndarray, pose: np.ndarray, frame_indices: np.ndarray,
                       drift_sigma: float = 0.0) -> dict[str, np.ndarray]:
     """The head with the fit's identity and rigid motion and the expression ``expr`` (T, n) and
-    jaw of ``pose`` (T, 3J) read without the network (backend/flow_reader.py), in refine_sample's
+    jaw of ``pose`` (T, 3J) read without the network (backend/capture/flow_reader.py), in refine_sample's
     layout: expr, pose, vertices(_init) (T, V, 3) camera m and their head-space twins. Its drift
     slower than ``drift_sigma`` source frames comes from the fit, as for the network."""
-    from .flame import FlameLayer, head_space
+    from ..head.flame import FlameLayer, head_space
 
     jaw = model.jaw_pose_slice()
     if drift_sigma > 0:

@@ -14,8 +14,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .config import VideoConfig
-from .errors import MicroFaceError
+from ..config import VideoConfig
+from ..errors import MicroFaceError
 
 Progress = Callable[[str, int, int], None]
 

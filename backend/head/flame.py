@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from . import safe_pickle
-from .config import asset_id, assets_folder, resolve_asset
-from .errors import MicroFaceError
+from ..config import asset_id, assets_folder, resolve_asset
+from ..errors import MicroFaceError
 from .regions import REGION_NAMES, region_labels
 
 # Pose entries of the head's rigid motion (global and neck rotation); "head space" zeroes them.
@@ -191,7 +191,7 @@ def load_flame(flame: str | Path | None = None, assets: str | Path | None = None
 
     parents = kin[0].copy()
     parents[parents >= n_j] = -1  # root is stored as uint32 max
-    # Skinning and the result's rig both walk the joints parents first (backend/result.py).
+    # Skinning and the result's rig both walk the joints parents first (backend/contract/result.py).
     if parents[0] != -1 or np.any((parents[1:] < 0) | (parents[1:] >= np.arange(1, n_j))):
         raise MicroFaceError(f"head model {path} is malformed: kintree_table's parents {parents.tolist()} must be "
                              f"none for joint 0 and an earlier joint for every other joint")

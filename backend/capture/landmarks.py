@@ -30,8 +30,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .config import LandmarkConfig
-from .errors import MicroFaceError
+from ..config import LandmarkConfig
+from ..errors import MicroFaceError
 from .fan import find_fan_weights, run_fan
 from .video import Clip, Progress
 

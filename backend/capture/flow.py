@@ -15,9 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 import cv2
 import numpy as np
 
+from ..config import FlowConfig
+from ..errors import MicroFaceError
 from .align import Alignment, upscale_transforms, warp_crops
-from .config import FlowConfig
-from .errors import MicroFaceError
 from .video import Progress
 
 METHODS = ("tvl1", "dis")
