@@ -27,8 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..head.camera import project, project_np
-from ..head.render import rasterize, vertex_normals
+from ..head.camera import project
 
 MM = 1000.0                                    # millimetres per metre
 GEO_TERMS = ("lap", "normal", "flow_guide")    # the terms inside L_geo (Eq. 24)
