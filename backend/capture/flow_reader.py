@@ -30,8 +30,8 @@ import torch
 
 from ..config import ReaderConfig
 from ..head.flame import FlameLayer, FlameModel, axis_angle_to_matrix
+from ..head.priors import MM
 
-_MM = 1000.0
 _RIGID_RIDGE = 1e-9      # the rigid correction is free, up to this ridge
 _MIN_POINTS = 50        # below this many tracked face points a frame is not solved
 
@@ -222,7 +222,7 @@ def read_flow(model: FlameModel, flow: np.ndarray, align: np.ndarray, intrinsics
     idx = np.flatnonzero(seen)
 
     # Mean squared face motion in mm² of a change of ψ: the prior's metric.
-    basis_mm = jac_head[face].reshape(-1, p_count) * _MM
+    basis_mm = jac_head[face].reshape(-1, p_count) * MM
     gram = basis_mm.T @ basis_mm / face.sum()
 
     rotations = frame_rotations(np.broadcast_to(head0[idx], cam[:, idx].shape), cam[:, idx])     # head -> camera

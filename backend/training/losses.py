@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from ..head.camera import project
+from ..head.priors import MM   # millimetres per metre
 
-MM = 1000.0                                    # millimetres per metre
 GEO_TERMS = ("lap", "normal", "flow_guide")    # the terms inside L_geo (Eq. 24)
 
 
