@@ -238,6 +238,9 @@ class ReconstructConfig:
     photometric: PhotometricConfig = field(default_factory=PhotometricConfig)
     reader: ReaderConfig = field(default_factory=ReaderConfig)
     regions: RegionCallConfig = field(default_factory=RegionCallConfig)
+    # Below this face width (source px, meta.face_px) the result warns that micro-expressions are
+    # lost in the pixels; chosen where recovery collapses (benchmarks/bench_face_size.py).
+    min_face_px: float = 80.0
 
 
 def pick_device(name: str = "auto") -> str:

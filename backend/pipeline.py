@@ -21,6 +21,7 @@ from .capture.align import Alignment
 from .capture.fit import FitResult
 from .capture.landmarks import Landmarks
 from .capture.video import Clip
+from .head.camera import face_width_px
 from .config import ReconstructConfig, pick_device
 from .errors import MicroFaceError
 
@@ -273,6 +274,10 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
                 net.detection.get("noise_factor", cfg.regions.noise_factor))
     detection = region_detection(motion, model.region_names, *rule)
 
+    face_px = face_width_px(fit.vertices, model.region_labels, fit.intrinsics, lms.valid) / clip.scale
+    if face_px < cfg.min_face_px:
+        warnings.append(f"the face is {face_px:.0f} px wide, under the {cfg.min_face_px:g} px below which "
+                        "micro-expressions are lost in the pixels: use footage where it is larger")
     if lms.interpolated.any():
         warnings.append(f"no usable face in source frames {_runs(lms.interpolated, clip.frame_indices)}: "
                         "landmarks there are interpolated and the fit is carried by its temporal prior")
@@ -296,6 +301,7 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
         **({"reader": reader_info} if reader_info else {}),
         **({"drift_sigma_s": float(cfg.drift_sigma_s)} if refined is not None else {}),
         "region_detection": detection,
+        "face_px": round(float(face_px), 1),
         **({"photometric": photometric} if photometric else {}),
         "units": dict(UNITS),
     }

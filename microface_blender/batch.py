@@ -202,10 +202,10 @@ def backend_command(opts: Options, clip: Path, npz: Path) -> list[str]:
             *opts.backend_args]
 
 
-def run_backend(opts: Options, clip: Path, npz: Path) -> None:
+def run_backend(opts: Options, clip: Path, npz: Path) -> list[str]:
     """Run the backend on ``clip`` into ``npz`` (the strip operator's :class:`backend_job.Job`,
-    waited on). Its progress is shown on stderr when that is a terminal. Raises
-    :class:`ClipFailed` with the backend's one-line error."""
+    waited on) and return its warnings. Its progress is shown on stderr when that is a terminal.
+    Raises :class:`ClipFailed` with the backend's one-line error."""
     from .backend_job import Job, child_env
 
     root = opts.backend_root or Path.cwd()
@@ -226,6 +226,7 @@ def run_backend(opts: Options, clip: Path, npz: Path) -> None:
             print("\r\033[K", end="", file=sys.stderr, flush=True)
     if job.state != "done":
         raise ClipFailed(job.message or "the backend failed")
+    return job.warnings
 
 
 def _flush_all() -> None:
@@ -357,6 +358,7 @@ class ClipReport:
     stages: dict = field(default_factory=dict)   # stage -> seconds
     outputs: dict = field(default_factory=dict)  # kind -> final path
     active_regions: str = ""        # the regions the backend called active, "" when it had no rule
+    warnings: list = field(default_factory=list)  # the backend's messages for the user
 
 
 def convert_clip(opts: Options, clip: Path) -> ClipReport:
@@ -365,7 +367,7 @@ def convert_clip(opts: Options, clip: Path) -> ClipReport:
     if not opts.force and all(p.is_file() for p in final.values()):
         return ClipReport(clip, "skip", outputs=final)
     t0 = time.perf_counter()
-    stages = {}
+    stages, warnings = {}, []
     work = staging_folder(opts.out_dir, f"{STAGING_PREFIX}{clip.stem}")   # same disk: renames are atomic
     try:
         written = {}  # kind -> temporary file in `work`
@@ -375,7 +377,7 @@ def convert_clip(opts: Options, clip: Path) -> ClipReport:
         else:
             npz = work / f"{clip.stem}.npz"
             t = time.perf_counter()
-            run_backend(opts, clip, npz)
+            warnings = run_backend(opts, clip, npz)
             stages["backend"] = time.perf_counter() - t
             written["npz"] = npz
         with _quiet(work / "blender.log"):
@@ -401,7 +403,7 @@ def convert_clip(opts: Options, clip: Path) -> ClipReport:
             if kind in written:
                 os.replace(written[kind], final[kind])
         return ClipReport(clip, "ok", frames=frames, seconds=time.perf_counter() - t0, stages=stages, outputs=final,
-                          active_regions=active)
+                          active_regions=active, warnings=warnings)
     except (ClipFailed, ImportFailed) as exc:
         return ClipReport(clip, "FAILED", message=str(exc))
     except (RuntimeError, OSError) as exc:  # an exporter or the disk: bpy raises its reports as RuntimeError
@@ -430,7 +432,8 @@ def summary_line(rep: ClipReport) -> str:
     extra = [EXPORTS[k][1] for k in EXPORTS if k in rep.outputs] + (["npz"] if "npz" in rep.outputs else [])
     return (f"ok     {rep.clip.name}  {rep.frames} frames  {rep.seconds:.1f} s  -> {_shown(rep.outputs['blend'])}"
             + (f" [{' '.join(extra)}]" if extra else "")
-            + (f"  active: {rep.active_regions}" if rep.active_regions else ""))
+            + (f"  active: {rep.active_regions}" if rep.active_regions else "")
+            + "".join(f"  warning: {w}" for w in rep.warnings))
 
 
 def run(opts: Options, clips: list[Path], out=None) -> list[ClipReport]:

@@ -132,3 +132,4 @@ def test_reader_weight_rises_with_the_clips_noise(head_model):
     assert adaptive.prior_weight > ReaderConfig().prior_weight == fixed.prior_weight
     # The stronger prior reads less of the noise as motion.
     assert np.abs(adaptive.dpsi).max() < np.abs(fixed.dpsi).max()
+

@@ -250,3 +250,18 @@ def test_read_head_template_matches_model(model):
     for f, t in zip(mesh.faces.reshape(-1), mesh.face_uv_indices.reshape(-1)):
         seams += per_vertex.setdefault(int(f), int(t)) != int(t)
     assert seams > 0
+
+
+def test_face_width_is_the_median_pixel_span_of_the_face_region():
+    from backend.head.camera import face_width_px
+
+    k = np.array([800.0, 319.5, 239.5])
+    labels = np.array([0, 3, 3, -1])                 # the last vertex lies outside the face regions
+    frames = []
+    for width_px in (100.0, 120.0, 90.0, 400.0):     # face spans; the 400 px frame has no face
+        px = np.array([[300.0, 200.0], [300.0 + width_px, 220.0], [310.0, 260.0], [0.0, 0.0]])
+        frames.append(_unproject(px, 0.6, k))
+    frames = np.stack(frames)
+    valid = np.array([True, True, True, False])
+    assert face_width_px(frames, labels, k, valid) == pytest.approx(100.0)       # median of 100, 120, 90
+    assert face_width_px(frames, labels, k) == pytest.approx(110.0)              # every frame counted

@@ -30,3 +30,15 @@ def project_np(points: np.ndarray, intrinsics: np.ndarray) -> np.ndarray:
 def default_intrinsics(width: int, height: int, focal: float | None = None) -> np.ndarray:
     """(3,) f, cx, cy. Without a known focal length, f = max(width, height) (about 53° across)."""
     return np.array([focal or float(max(width, height)), (width - 1) / 2.0, (height - 1) / 2.0], np.float64)
+
+
+def face_width_px(vertices: np.ndarray, region_labels: np.ndarray, intrinsics: np.ndarray,
+                  valid: np.ndarray | None = None) -> float:
+    """How wide the face is in the image: the horizontal pixel span of the projected face-region
+    vertices (``region_labels >= 0``), the median over the frames (those ``valid`` (T,) marks, when
+    any are). ``vertices`` (T, V, 3) camera-space metres; ``intrinsics`` (3,) f, cx, cy pixels."""
+    u = project_np(np.asarray(vertices, np.float64)[:, region_labels >= 0], intrinsics)[..., 0]
+    span = np.ptp(u, axis=1)
+    if valid is not None and np.any(valid):
+        span = span[np.asarray(valid, bool)]
+    return float(np.median(span))
