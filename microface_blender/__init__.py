@@ -1,16 +1,15 @@
 """MicroFace for Blender: import fine-grained facial micro-expression reconstructions.
 
 Imports only bpy, the standard library and numpy; never the backend (it runs in its own Python).
-Modules without bpy (lbs, detail, frame_map, rigdata, paths) are plain numpy and tested as such.
+``core/`` needs no bpy and is tested as plain numpy; ``scene/`` builds Blender data; ``ops/`` holds
+the operators and panels registered here; ``batch.py`` is the headless conversion.
 """
 from __future__ import annotations
 
 import bpy
 from bpy.props import StringProperty
 
-from . import operators, prefs, ui
-from . import keyframe_tools
-from . import strip_ops
+from .ops import keyframe_tools, operators, prefs, strip_ops, ui
 
 _CLASSES = (
     prefs.MicroFacePreferences,

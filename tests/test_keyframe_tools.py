@@ -11,8 +11,9 @@ bpy = pytest.importorskip("bpy")
 
 from conftest import evaluated_vertices  # noqa: E402
 from backend.contract.result import write_result  # noqa: E402
-from microface_blender import importer, keyframe_tools  # noqa: E402
-from microface_blender import keyframe_math as km  # noqa: E402
+from microface_blender.ops import keyframe_tools  # noqa: E402
+from microface_blender.scene import importer  # noqa: E402
+from microface_blender.core import keyframe_math as km  # noqa: E402
 
 T = 40
 EXPR = 53
@@ -349,7 +350,7 @@ def test_keys_are_read_back_where_each_blender_version_writes_them(head):
     admits 4.2), checked on a stand-in of the older API."""
     from types import SimpleNamespace
 
-    from microface_blender.anim import action_fcurves
+    from microface_blender.scene.anim import action_fcurves
 
     keys = head.mesh.data.shape_keys
     layered = action_fcurves(keys)

@@ -2,7 +2,7 @@
 
 Every function works on plain key arrays: ``times`` (N,) in scene frames, strictly increasing,
 and ``values`` (N,) or (N, C) in the channel's own units (shape-key weight, quaternion component,
-metres). The Blender side (:mod:`.keyframe_tools`) reads F-curves into such arrays in bulk and
+metres). The Blender side (:mod:`..ops.keyframe_tools`) reads F-curves into such arrays in bulk and
 writes the answers back.
 
 - Amplify: ``w' = w_on + g * (w - w_on)`` about the onset value; rotations are scaled in log

@@ -2,7 +2,7 @@
 
 Each is an undoable operator on the active MicroFace head or rig: it reads the keys of the
 head's shape-key action and the rig's action in bulk (``foreach_get``), computes with
-:mod:`.keyframe_math`, and writes them back in bulk (``foreach_set``; ``keyframe_points.add`` when
+:mod:`..core.keyframe_math`, and writes them back in bulk (``foreach_set``; ``keyframe_points.add`` when
 the number of keys changes). The keys stay ordinary F-curves in the same layered actions, so the
 Graph Editor and Dope Sheet edit them as before.
 """
@@ -14,9 +14,9 @@ import bpy
 import numpy as np
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty
 
-from . import keyframe_math as km
-from .anim import action_fcurves
-from .importer import BONE_REGIONS, DETAIL_PREFIX, KEY_REGIONS, PROP_PREFIX
+from ..core import keyframe_math as km
+from ..scene.anim import action_fcurves
+from ..scene.importer import BONE_REGIONS, DETAIL_PREFIX, KEY_REGIONS, PROP_PREFIX
 
 _MARK = PROP_PREFIX + "frames"  # every imported rig and head carries it
 _KEY_PATH = re.compile(r'^key_blocks\["((?:[^"\\]|\\.)*)"\]\.value$')
