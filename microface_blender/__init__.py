@@ -9,13 +9,18 @@ from __future__ import annotations
 import bpy
 from bpy.props import StringProperty
 
-from .ops import keyframe_tools, operators, prefs, strip_ops, ui
+from .ops import (keyframe_amplify, keyframe_bake, keyframe_clean, keyframe_panel, keyframe_smooth, operators,
+                  prefs, strip_ops, ui)
 
 _CLASSES = (
     prefs.MicroFacePreferences,
     operators.MICROFACE_OT_import_result,
     ui.MICROFACE_PT_main,
-    *keyframe_tools.CLASSES,  # after MICROFACE_PT_main: its sub-panel needs the parent registered
+    keyframe_amplify.MICROFACE_OT_amplify,
+    keyframe_smooth.MICROFACE_OT_smooth,
+    keyframe_clean.MICROFACE_OT_clean,
+    keyframe_bake.MICROFACE_OT_bake,
+    keyframe_panel.MICROFACE_PT_keyframe_tools,  # after MICROFACE_PT_main: a sub-panel needs its parent registered
     *strip_ops.CLASSES,
 )
 
