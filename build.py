@@ -151,11 +151,12 @@ PACKAGE = ROOT / "microface_blender"
 MANIFEST = ROOT / "blender_manifest.toml"
 _PACK_SKIP_DIRS = {"__pycache__", "tests"}
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: the same sources give the same zip
+PACKED_RESULT = "core/result.py"  # where core/resultfile.py imports the reader from in the zip
 
 
 def _pack_files() -> list[tuple[str, Path]]:
     """(name in the zip, source) for the extension: manifest and package at the root, plus
-    backend/contract/result.py as the package's result.py (the one reader, copied, never kept twice)."""
+    backend/contract/result.py as the package's core/result.py (the one reader, copied, never kept twice)."""
     files = [("blender_manifest.toml", MANIFEST)]
     for path in sorted(PACKAGE.rglob("*")):
         rel = path.relative_to(PACKAGE)
@@ -163,9 +164,9 @@ def _pack_files() -> list[tuple[str, Path]]:
                 or path.suffix in (".pyc", ".pyo") or rel.name.startswith("test_")):
             continue
         files.append((rel.as_posix(), path))
-    if any(name == "result.py" for name, _ in files):
-        raise SystemExit(f"error: {PACKAGE / 'result.py'} must not exist: pack copies backend/contract/result.py there")
-    files.append(("result.py", ROOT / "backend" / "contract" / "result.py"))
+    if any(name == PACKED_RESULT for name, _ in files):
+        raise SystemExit(f"error: {PACKAGE / PACKED_RESULT} must not exist: pack copies backend/contract/result.py there")
+    files.append((PACKED_RESULT, ROOT / "backend" / "contract" / "result.py"))
     return files
 
 

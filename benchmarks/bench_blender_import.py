@@ -65,7 +65,7 @@ def main() -> int:
 
     import bpy
     import microface_blender
-    from microface_blender import importer
+    from microface_blender.scene import importer
 
     microface_blender.register()
     model = load_flame()

@@ -29,8 +29,8 @@ def main() -> int:
 
     import microface_blender
     from backend.contract.result import read_result
-    from microface_blender import importer
-    from microface_blender.camera import CameraOptions
+    from microface_blender.scene import importer
+    from microface_blender.scene.camera import CameraOptions
 
     res = read_result(args.result)
     out_dir = Path(args.out)

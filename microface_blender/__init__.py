@@ -1,22 +1,26 @@
 """MicroFace for Blender: import fine-grained facial micro-expression reconstructions.
 
 Imports only bpy, the standard library and numpy; never the backend (it runs in its own Python).
-Modules without bpy (lbs, detail, frame_map, rigdata, paths) are plain numpy and tested as such.
+``core/`` needs no bpy and is tested as plain numpy; ``scene/`` builds Blender data; ``ops/`` holds
+the operators and panels registered here; ``batch.py`` is the headless conversion.
 """
 from __future__ import annotations
 
 import bpy
 from bpy.props import StringProperty
 
-from . import operators, prefs, ui
-from . import keyframe_tools
-from . import strip_ops
+from .ops import (keyframe_amplify, keyframe_bake, keyframe_clean, keyframe_panel, keyframe_smooth, operators,
+                  prefs, strip_ops, ui)
 
 _CLASSES = (
     prefs.MicroFacePreferences,
     operators.MICROFACE_OT_import_result,
     ui.MICROFACE_PT_main,
-    *keyframe_tools.CLASSES,  # after MICROFACE_PT_main: its sub-panel needs the parent registered
+    keyframe_amplify.MICROFACE_OT_amplify,
+    keyframe_smooth.MICROFACE_OT_smooth,
+    keyframe_clean.MICROFACE_OT_clean,
+    keyframe_bake.MICROFACE_OT_bake,
+    keyframe_panel.MICROFACE_PT_keyframe_tools,  # after MICROFACE_PT_main: a sub-panel needs its parent registered
     *strip_ops.CLASSES,
 )
 

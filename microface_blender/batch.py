@@ -5,7 +5,7 @@
 
 For each clip: the backend runs as a child process (``<python> -m backend reconstruct CLIP -o
 X.npz``: it needs torch, which Blender's Python lacks), then, in this process, a fresh empty scene
-gets :func:`.importer.import_result` and is saved as ``OUTDIR/<stem>.blend``; the exports go through
+gets :func:`.scene.importer.import_result` and is saved as ``OUTDIR/<stem>.blend``; the exports go through
 Blender's own exporters. Every output is written under a temporary name inside OUTDIR and renamed
 into place only once all of the clip's outputs exist, so a file that exists is complete and from
 one run. A rerun skips a clip whose requested outputs all exist (``--force`` redoes it).
@@ -28,9 +28,9 @@ from pathlib import Path
 
 import bpy
 
-from . import paths
-from .backend_job import remove_stale_staging, staging_folder
-from .importer import PROP_PREFIX, ImportFailed, import_result
+from .core import paths
+from .core.backend_job import remove_stale_staging, staging_folder
+from .scene.importer import PROP_PREFIX, ImportFailed, import_result
 
 # Suffixes taken from a folder (case-insensitive, not recursive); a file named directly is always tried.
 VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".mts",
@@ -206,7 +206,7 @@ def run_backend(opts: Options, clip: Path, npz: Path) -> list[str]:
     """Run the backend on ``clip`` into ``npz`` (the strip operator's :class:`backend_job.Job`,
     waited on) and return its warnings. Its progress is shown on stderr when that is a terminal.
     Raises :class:`ClipFailed` with the backend's one-line error."""
-    from .backend_job import Job, child_env
+    from .core.backend_job import Job, child_env
 
     root = opts.backend_root or Path.cwd()
     job = Job(command=backend_command(opts, clip, npz), cwd=root, output=npz, env=child_env(root), reuse=False)
@@ -274,7 +274,7 @@ def _set_scene_rate(scene, fps: float) -> None:
 
 
 def build_scene(npz: Path, name: str):
-    """A fresh empty scene holding the import of ``npz``; returns the :class:`.importer.Imported`.
+    """A fresh empty scene holding the import of ``npz``; returns the :class:`.scene.importer.Imported`.
     Its frame range is the import's, its frame rate the clip's."""
     # Factory startup data, not the user's startup file: the same scene settings (units, rate) on
     # every machine. The preferences, and so the enabled exporters, stay as they are.

@@ -13,7 +13,7 @@ bpy = pytest.importorskip("bpy")
 
 from conftest import evaluated_vertices  # noqa: E402
 from backend.contract.result import RIG_ARRAYS, write_result  # noqa: E402
-from microface_blender import importer  # noqa: E402
+from microface_blender.scene import importer  # noqa: E402
 
 T = 30
 ID_COLLECTIONS = ("objects", "meshes", "armatures", "actions", "collections", "shape_keys")

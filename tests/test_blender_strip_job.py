@@ -1,4 +1,4 @@
-"""The backend as a child process (microface_blender.backend_job, no bpy): command line, cache key,
+"""The backend as a child process (microface_blender.core.backend_job, no bpy): command line, cache key,
 progress parsing, one-line errors, cancel, against fake backends (fast) and the real one."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import fake_checkout, shared_video
-from microface_blender import backend_job as bj
+from microface_blender.core import backend_job as bj
 
 ROOT = Path(__file__).resolve().parents[1]
 

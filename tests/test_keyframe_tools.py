@@ -11,8 +11,10 @@ bpy = pytest.importorskip("bpy")
 
 from conftest import evaluated_vertices  # noqa: E402
 from backend.contract.result import write_result  # noqa: E402
-from microface_blender import importer, keyframe_tools  # noqa: E402
-from microface_blender import keyframe_math as km  # noqa: E402
+from microface_blender.ops import keyframe_amplify, keyframe_bake, keyframe_clean, keyframe_smooth  # noqa: E402
+from microface_blender.ops.keyframe_channels import Channels, find_head  # noqa: E402
+from microface_blender.scene import importer  # noqa: E402
+from microface_blender.core import keyframe_math as km  # noqa: E402
 
 T = 40
 EXPR = 53
@@ -72,10 +74,11 @@ def _frames(out) -> list[int]:
 
 
 def test_tools_are_registered_with_a_sub_panel_and_need_a_microface_head(head):
-    for name in ("amplify", "smooth", "clean", "bake"):
+    tools = {"amplify": keyframe_amplify, "smooth": keyframe_smooth, "clean": keyframe_clean, "bake": keyframe_bake}
+    for name, module in tools.items():
         op = getattr(bpy.ops.microface, name)
         assert op.poll()
-        assert {'REGISTER', 'UNDO'} <= set(getattr(keyframe_tools, f"MICROFACE_OT_{name}").bl_options)
+        assert {'REGISTER', 'UNDO'} <= set(getattr(module, f"MICROFACE_OT_{name}").bl_options)
     assert bpy.types.MICROFACE_PT_keyframe_tools.bl_parent_id == "MICROFACE_PT_main"
     bpy.context.view_layer.objects.active = head.mesh  # the head works as well as the rig
     assert bpy.ops.microface.amplify.poll()
@@ -211,8 +214,8 @@ def test_smoothing_keeps_onsets_and_reduces_jitter(head):
 
 
 def test_smoothing_keeps_the_faces_onset_apex_and_offset_keys(head):
-    rig, mesh = keyframe_tools.find_head(head.rig)
-    events = keyframe_tools._face_events(mesh, keyframe_tools._Channels(rig, mesh), 1.0, 0.2)
+    rig, mesh = find_head(head.rig)
+    events = keyframe_smooth._face_events(mesh, Channels(rig, mesh), 1.0, 0.2)
     assert 2 <= len(events) < T // 2
     curves = [fc for id_data in (head.rig, head.mesh.data.shape_keys) for fc in _bag(id_data).fcurves]
     # the regions' measured motion is data, not animation: the tools leave it as it is
@@ -292,7 +295,7 @@ def test_clean_checks_bezier_curves_with_their_own_interpolation(result_path):
     before = [(fc, *_keys(fc)) for fc in bones]
     n0 = sum(len(t) for _fc, t, _w in before)
     assert bpy.ops.microface.clean(tolerance_mm=0.01, expressions=False, detail_keys=False) == {'FINISHED'}
-    lever = keyframe_tools._bone_reach(out.rig, out.mesh)
+    lever = keyframe_clean._bone_reach(out.rig, out.mesh)
     for fc, t, w in before:
         bone = fc.data_path.split('"')[1]
         tol = 1e-5 if fc.data_path.endswith("location") else 1e-5 / (2 * lever[bone])
@@ -349,7 +352,7 @@ def test_keys_are_read_back_where_each_blender_version_writes_them(head):
     admits 4.2), checked on a stand-in of the older API."""
     from types import SimpleNamespace
 
-    from microface_blender.anim import action_fcurves
+    from microface_blender.scene.anim import action_fcurves
 
     keys = head.mesh.data.shape_keys
     layered = action_fcurves(keys)

@@ -1,7 +1,8 @@
-"""The backend's layout: subpackages whose imports point one way (README, "Layout").
+"""The layout of the backend and of the Blender add-on: subpackages whose imports point one way
+(README, "Layout").
 
-Every import statement of every backend module, at the top or inside a function, is read with
-``ast`` and resolved to the backend module it names, so a lazy import cannot hide a wrong way.
+Every import statement of every module, at the top or inside a function, is read with ``ast`` and
+resolved to the module it names, so a lazy import cannot hide a wrong way.
 """
 from __future__ import annotations
 
@@ -92,3 +93,84 @@ def test_every_backend_module_imports(path):
 
     if path.stem != "__main__":
         importlib.import_module(module_name(path))
+
+
+# --- the Blender add-on ---------------------------------------------------------------------------
+
+ADDON = ROOT / "microface_blender"
+ADDON_PARTS = ("core", "scene", "ops")  # each may import those before it, never those after
+ADDON_TOP_LEVEL = {"__init__", "batch"}  # registration and the headless batch, which may import any part
+BLENDER = {"bpy", "bpy_extras"}
+
+
+def addon_modules() -> list[Path]:
+    return sorted(p for p in ADDON.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def addon_imports(path: Path) -> set[str]:
+    """The add-on's own modules (and names in them) that ``path`` imports."""
+    return {n for n in imports(path) if n.split(".")[0] == ADDON.name}
+
+
+def test_every_addon_module_has_a_place():
+    """What needs no bpy is in core/, what builds Blender data in scene/, operators and panels in ops/."""
+    flat = {p.stem for p in ADDON.glob("*.py")} - ADDON_TOP_LEVEL
+    assert not flat, f"microface_blender/{sorted(flat)} belong in one of {ADDON_PARTS}"
+    subpackages = {p.name for p in ADDON.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert subpackages == set(ADDON_PARTS)
+    assert all((ADDON / s / "__init__.py").is_file() for s in subpackages)
+    assert all(p.parent.parent == ADDON for p in addon_modules() if p.parent != ADDON)  # no deeper folders
+
+
+@pytest.mark.parametrize("path", sorted((ADDON / "core").glob("*.py")), ids=lambda p: p.name)
+def test_addon_core_needs_numpy_and_the_standard_library_only(path):
+    """No bpy or bpy_extras, so core/ runs and is tested without Blender; nothing from scene/ or ops/."""
+    stdlib = sys.stdlib_module_names
+    other = sorted(n for n in imports(path) if n.split(".")[0] not in stdlib and n.split(".")[0] != "numpy"
+                   and not n.startswith(f"{ADDON.name}.core"))
+    assert not other, f"microface_blender/core/{path.name} imports {other}"
+
+
+@pytest.mark.parametrize("path", addon_modules(), ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_addon_imports_only_blender_numpy_the_standard_library_and_itself(path):
+    """Never the backend (it runs in its own Python) nor anything Blender does not ship."""
+    allowed = set(sys.stdlib_module_names) | BLENDER | {"numpy", ADDON.name}
+    other = sorted(n for n in imports(path) if n.split(".")[0] not in allowed)
+    assert not other, f"{path.relative_to(ROOT)} imports {other}"
+
+
+@pytest.mark.parametrize("path", [p for p in addon_modules() if p.parent != ADDON],
+                         ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_addon_imports_point_one_way(path):
+    """core <- scene <- ops: a part imports only itself and the parts before it, never the top level."""
+    rank = ADDON_PARTS.index(path.parent.name)
+    wrong = sorted(n for n in addon_imports(path)
+                   if len(n.split(".")) < 2 or n.split(".")[1] not in ADDON_PARTS[: rank + 1])
+    assert not wrong, f"{path.relative_to(ROOT)} imports {wrong}"
+
+
+@pytest.mark.parametrize("path", addon_modules(), ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_every_addon_import_names_a_module(path):
+    """Each import of the add-on's own code, lazy ones included, names a module or a name in one."""
+    def is_module(name: str) -> bool:
+        base = ROOT.joinpath(*name.split("."))
+        return base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()
+
+    missing = sorted(n for n in addon_imports(path) if not is_module(n) and not is_module(n.rpartition(".")[0]))
+    assert not missing, f"{path.relative_to(ROOT)} imports {missing}"
+
+
+def test_import_reader_resolves_the_addons_relative_imports():
+    """The checker itself, on add-on modules whose answers are known (one import there is lazy)."""
+    assert {"microface_blender.core.backend_job", "microface_blender.ops.prefs",
+            "microface_blender.scene.importer.import_result"} <= imports(ADDON / "ops" / "strip_ops.py")
+    assert "microface_blender.scene.importer.ImportFailed" in imports(ADDON / "ops" / "operators.py")
+
+
+@pytest.mark.parametrize("path", addon_modules(), ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_every_addon_module_imports(path):
+    """Relative imports resolve after a move (the add-on needs Blender's bpy module to import)."""
+    import importlib
+
+    pytest.importorskip("bpy")
+    importlib.import_module(module_name(path))

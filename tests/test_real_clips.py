@@ -66,7 +66,7 @@ def test_single_face_main_job(tmp_path):
     assert not {"left_eye", "right_eye", "nose", "forehead"} & set(det["active"])
     # The rig arrays: skinning them gives vertices_init up to the joints' small dependence on the
     # expression (measured 0.007 mm; the stand-in has no pose correctives).
-    from microface_blender.lbs import skin
+    from microface_blender.core.lbs import skin
 
     assert back.has_rig
     shaped = back.rig_rest_vertices + np.einsum("te,evc->tvc", back.expr, back.rig_expr_dirs)

@@ -21,7 +21,7 @@ FFV1 .mkv or PNG .avi, both lossless).
 
 The backend's camera (at the origin looking down -z, +y up, +v down, pixel centres at integers)
 is an unrotated Blender camera at the origin; the camera-space vertices are the world-space
-vertices, and lens and shift come from ``microface_blender.camera.lens_from_intrinsics``.
+vertices, and lens and shift come from ``microface_blender.scene.camera.lens_from_intrinsics``.
 
 Seeds: held-out clips are 910000 and up (:data:`HELDOUT_SEED0`); training, if anyone trains on
 this family, uses :data:`TRAIN_SEEDS`.
@@ -452,7 +452,7 @@ def build_scene(look: RenderLook, model, vertices_cam0: np.ndarray, neutral: np.
 
     from backend.synthetic.synth import _template_face_uvs
     from backend.synthetic.texture import procedural_skin_texture
-    from microface_blender.camera import lens_from_intrinsics
+    from microface_blender.scene.camera import lens_from_intrinsics
 
     created: list = []
     scene = bpy.data.scenes.new(f"render_{look.seed}")

@@ -7,7 +7,7 @@ import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 from bpy_extras.io_utils import ImportHelper
 
-from .detail import DEFAULT_MAX_KEYS, DEFAULT_TOLERANCE
+from ..core.detail import DEFAULT_MAX_KEYS, DEFAULT_TOLERANCE
 
 
 # Built outside the class body: string literals inside annotations read as forward references
@@ -47,7 +47,7 @@ class MICROFACE_OT_import_result(bpy.types.Operator, ImportHelper):
     add_camera: _ADD_CAMERA
 
     def execute(self, context):
-        from .importer import ImportFailed, import_result
+        from ..scene.importer import ImportFailed, import_result
 
         try:
             out = import_result(context, self.filepath, detail_tolerance=self.detail_tolerance_mm * 1e-3,

@@ -5,9 +5,10 @@ import tempfile
 import bpy
 from bpy.props import EnumProperty, StringProperty
 
-from .paths import PYTHON_HINT, find_backend_python
+from ..core.paths import PYTHON_HINT, find_backend_python
 
-ADDON_ID = __package__  # "microface_blender" in the repo, "bl_ext.<repo>.microface" once installed
+# The add-on is the package above ops/: "microface_blender" in the repo, "bl_ext.<repo>.microface" once installed.
+ADDON_ID = __package__.rpartition(".")[0]
 
 
 def default_cache_dir() -> str:

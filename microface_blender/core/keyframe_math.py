@@ -2,8 +2,8 @@
 
 Every function works on plain key arrays: ``times`` (N,) in scene frames, strictly increasing,
 and ``values`` (N,) or (N, C) in the channel's own units (shape-key weight, quaternion component,
-metres). The Blender side (:mod:`.keyframe_tools`) reads F-curves into such arrays in bulk and
-writes the answers back.
+metres). The Blender side (``ops/keyframe_*.py``, one module per tool) reads F-curves into such arrays
+in bulk and writes the answers back.
 
 - Amplify: ``w' = w_on + g * (w - w_on)`` about the onset value; rotations are scaled in log
   (axis-angle) space about the onset rotation, never component-wise. Per-region gains reach a

@@ -2,7 +2,7 @@
 
 import bpy
 
-from .importer import PROP_PREFIX
+from ..scene.importer import PROP_PREFIX
 from .strip_ops import draw_reconstruct
 
 # (custom property, label, format) shown for the active MicroFace object.

@@ -21,12 +21,12 @@ from pathlib import Path
 import bpy
 import numpy as np
 
-from . import keyframe_math, rigdata
+from ..core import keyframe_math, rigdata
+from ..core.detail import DEFAULT_MAX_KEYS, DEFAULT_TOLERANCE
+from ..core.frame_map import FrameMap, resolve_frame_map
+from ..core.resultfile import result_module
 from .anim import ActionWriter
 from .camera import CameraOptions, add_camera
-from .detail import DEFAULT_MAX_KEYS, DEFAULT_TOLERANCE
-from .frame_map import FrameMap, resolve_frame_map
-from .resultfile import result_module
 
 DETAIL_PREFIX = "detail_"
 PROP_PREFIX = "microface_"
@@ -179,7 +179,7 @@ def _add_shape_keys(obj, rig: rigdata.RigData) -> tuple[list, list]:
 
 
 def _region_props(res, rig: rigdata.RigData, rig_obj, mesh_obj, key_list) -> None:
-    """Where each shape key and bone acts, for per-region editing (see :mod:`.keyframe_math`)."""
+    """Where each shape key and bone acts, for per-region editing (see :mod:`..core.keyframe_math`)."""
     names = keyframe_math.bone_regions(rig.joint_names)
     rig_obj[BONE_REGIONS] = {bone.name: region or "" for bone, region in zip(rig_obj.data.bones, names)}
     labels = getattr(res, "rig_region_labels", None)
@@ -229,7 +229,7 @@ def import_result(context, path, *, frame_map: FrameMap = None, name: str | None
                   select: bool = True, camera: CameraOptions | bool = False) -> Imported:
     """Import the result file ``path`` into ``context.scene`` in one go.
 
-    frame_map: scene frame of each result frame (see :mod:`.frame_map`); by default the first
+    frame_map: scene frame of each result frame (see :mod:`..core.frame_map`); by default the first
         frame lands on ``scene.frame_start`` and each source frame takes one scene frame.
     name: the new collection's name (default: the clip's file name without extension).
     collection: where the new collection goes (default: the scene's master collection).

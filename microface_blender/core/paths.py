@@ -5,7 +5,7 @@ import json
 import os
 from pathlib import Path
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the add-on's folder, above core/ (build_info.json is there)
 BUILD_INFO = "build_info.json"  # written into the zip by `build.py pack`
 PYTHON_HINT = "run `python3 build.py env` in the MicroFace checkout to create its .venv, then pick .venv/bin/python"
 

@@ -1,7 +1,7 @@
 """Reconstruct Micro-Expression on the active movie strip.
 
-The backend runs as a child process (:mod:`.backend_job`) on the strip's visible source frames
-(:mod:`.strip_map`); the modal operator polls it from a window timer every ``POLL_INTERVAL``
+The backend runs as a child process (:mod:`..core.backend_job`) on the strip's visible source frames
+(:mod:`..core.strip_map`); the modal operator polls it from a window timer every ``POLL_INTERVAL``
 seconds, so Blender stays responsive, and imports the result on the main thread in one undo step
 with keys on the scene frames where the strip shows each source frame. Esc or the panel's Cancel
 stops the child and leaves the scene as it was. Under ``-b`` (no event loop) and when redone from
@@ -15,11 +15,12 @@ import traceback
 import bpy
 from bpy.props import BoolProperty
 
-from . import backend_job, prefs
-from .camera import CameraOptions
-from .importer import PROP_PREFIX, ImportFailed, import_result
-from .paths import find_backend_python
-from .strip_map import StripMapError, StripTiming, strip_timing
+from ..core import backend_job
+from ..core.paths import find_backend_python
+from ..core.strip_map import StripMapError, StripTiming, strip_timing
+from ..scene.camera import CameraOptions
+from ..scene.importer import PROP_PREFIX, ImportFailed, import_result
+from . import prefs
 
 POLL_INTERVAL = 0.1  # seconds between looks at the child's progress (a queue drain: microseconds)
 SELECT_STRIP = "Select a movie strip in the Sequencer"
@@ -69,7 +70,7 @@ def _movie_frames(path: str) -> int | None:
 
 
 def timing_of(scene, strip) -> StripTiming:
-    """The strip's :class:`StripTiming` in ``scene`` (see :mod:`.strip_map`). Raises StripMapError."""
+    """The strip's :class:`StripTiming` in ``scene`` (see :mod:`..core.strip_map`). Raises StripMapError."""
     scene_fps = scene.render.fps / scene.render.fps_base
     movie_fps = float(getattr(strip, "fps", 0.0)) or scene_fps
     n_keys = len(strip.retiming_keys) if hasattr(strip, "retiming_keys") else 0
