@@ -151,12 +151,13 @@ PACKAGE = ROOT / "microface_blender"
 MANIFEST = ROOT / "blender_manifest.toml"
 _PACK_SKIP_DIRS = {"__pycache__", "tests"}
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: the same sources give the same zip
-PACKED_RESULT = "core/result.py"  # where core/resultfile.py imports the reader from in the zip
+CONTRACT = ("result", "protocol")  # backend/contract/<name>.py -> core/<name>.py (core/contract.py PACKED)
 
 
 def _pack_files() -> list[tuple[str, Path]]:
     """(name in the zip, source) for the extension: manifest and package at the root, plus
-    backend/contract/result.py as the package's core/result.py (the one reader, copied, never kept twice)."""
+    backend/contract's result.py and protocol.py as the package's core/ modules (the one definition of
+    the result file and of the command line, copied, never kept twice)."""
     files = [("blender_manifest.toml", MANIFEST)]
     for path in sorted(PACKAGE.rglob("*")):
         rel = path.relative_to(PACKAGE)
@@ -164,9 +165,11 @@ def _pack_files() -> list[tuple[str, Path]]:
                 or path.suffix in (".pyc", ".pyo") or rel.name.startswith("test_")):
             continue
         files.append((rel.as_posix(), path))
-    if any(name == PACKED_RESULT for name, _ in files):
-        raise SystemExit(f"error: {PACKAGE / PACKED_RESULT} must not exist: pack copies backend/contract/result.py there")
-    files.append((PACKED_RESULT, ROOT / "backend" / "contract" / "result.py"))
+    for name in CONTRACT:
+        packed = f"core/{name}.py"
+        if any(n == packed for n, _ in files):
+            raise SystemExit(f"error: {PACKAGE / packed} must not exist: pack copies backend/contract/{name}.py there")
+        files.append((packed, ROOT / "backend" / "contract" / f"{name}.py"))
     return files
 
 

@@ -1,24 +1,21 @@
 """Command line: ``python -m backend reconstruct VIDEO -o OUT.npz [options]``, and
 ``python -m backend overlay OUT.npz VIDEO -o DIR`` to check a result by eye.
 
-Progress goes to stdout as JSON lines, one object per line:
-  {"event": "stage", "stage": "landmarks", "done": 40, "total": 72}
-  {"event": "done", "output": "/abs/out.npz", "frames": 72, "seconds": 21.4, "warnings": [...]}
-  {"event": "error", "message": "..."}
-Errors also print one line ``error: ...`` on stderr and exit non-zero (2: bad input or setup,
-1: internal error, 130: Ctrl-C, 128 + N: signal N, SIGTERM or SIGHUP). No traceback unless ``--debug``.
-The stream always ends with ``done`` or ``error``.
+Progress goes to stdout as JSON lines, one event per line, and the exit status says how the run
+ended: the protocol in backend/contract/protocol.py (docs/backend_protocol.md). Errors also print
+one line ``error: ...`` on stderr. No traceback unless ``--debug``. The stream always ends with
+``done`` or ``error``.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
 import time
 import traceback
 
+from .contract import protocol
 from .errors import MicroFaceError
 
 
@@ -77,8 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _emit(obj: dict) -> None:
-    sys.stdout.write(json.dumps(obj) + "\n")
+def _emit(event: dict) -> None:
+    sys.stdout.write(protocol.encode_event(event))
     sys.stdout.flush()
 
 
@@ -87,7 +84,7 @@ class _Terminated(KeyboardInterrupt):
 
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
-        self.code = 128 + signum
+        self.code = protocol.EXIT_SIGNAL_BASE + signum
 
 
 def _raise_terminated(signum, _frame):
@@ -95,7 +92,7 @@ def _raise_terminated(signum, _frame):
 
 
 def _fail(message: str, code: int) -> int:
-    _emit({"event": "error", "message": message})
+    _emit(protocol.error_event(message))
     print(f"error: {message}", file=sys.stderr)
     return code
 
@@ -140,8 +137,8 @@ def _main(args: argparse.Namespace) -> int:
             from .overlay import overlay_frames
 
             paths = overlay_frames(args.result, args.video, args.output, args.frames)
-            _emit({"event": "done", "output": [str(p) for p in paths]})
-            return 0
+            _emit(protocol.done_event([str(p) for p in paths]))
+            return protocol.EXIT_OK
         from .config import ReconstructConfig
         from .pipeline import reconstruct
 
@@ -174,21 +171,21 @@ def _main(args: argparse.Namespace) -> int:
             step = max(1, total // 10)
             if not args.quiet and (done == total or done - last.get(stage, -step) >= step):
                 last[stage] = done
-                _emit({"event": "stage", "stage": stage, "done": done, "total": total})
+                _emit(protocol.stage_event(stage, done, total))
 
         t0 = time.perf_counter()
         out, result = reconstruct(args.video, args.output, cfg, progress)
-        _emit({"event": "done", "output": str(out), "frames": int(result.n_frames),
-               "seconds": round(time.perf_counter() - t0, 2), "warnings": result.meta.get("warnings", [])})
-        return 0
+        _emit(protocol.done_event(str(out), result.n_frames, time.perf_counter() - t0,
+                                  result.meta.get("warnings", [])))
+        return protocol.EXIT_OK
     except MicroFaceError as exc:
         return _fail(str(exc), exc.code)
     except _Terminated as exc:
         return _fail(f"terminated by {exc}", exc.code)
     except KeyboardInterrupt:
-        return _fail("interrupted", 130)
+        return _fail("interrupted", protocol.EXIT_INTERRUPTED)
     except Exception as exc:  # a bug, not bad input: still one line for the user
         if args.debug:
             traceback.print_exc()
         msg = " ".join(f"internal error: {type(exc).__name__}: {exc}".split())
-        return _fail(msg + " (rerun with --debug for details)", 1)
+        return _fail(msg + " (rerun with --debug for details)", protocol.EXIT_INTERNAL)

@@ -12,10 +12,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .contract import protocol
 from .errors import MicroFaceError
 
 _DEV_ASSETS = Path(__file__).resolve().parent.parent.parent / "shared" / "assets" / "flame"
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"   # the shipped network
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent.joinpath(*protocol.SHIPPED_WEIGHTS[:-1])   # the shipped network
 
 
 @dataclass(frozen=True)
@@ -29,19 +30,19 @@ class Asset:
 _COMPANIONS = ("pass --assets DIR or set MICROFACE_ASSETS to the folder holding FLAME_masks.pkl, "
                "landmark_embedding_68.npz and mediapipe_landmark_embedding.npz")
 ASSETS = {
-    "flame": Asset("head model", "MICROFACE_FLAME", ("generic_model.pkl", "flame2023.pkl", "microface_ict_flame.pkl"),
+    "flame": Asset("head model", protocol.ENV_FLAME, protocol.FLAME_FILE_NAMES,
                    "pass --flame PATH or set MICROFACE_FLAME to a FLAME .pkl (2020, 2023 or 2023 Open from "
                    "https://flame.is.tue.mpg.de after registering, or the open stand-in microface_ict_flame.pkl)"),
-    "assets_dir": Asset("FLAME assets folder", "MICROFACE_ASSETS", (), _COMPANIONS),
+    "assets_dir": Asset("FLAME assets folder", protocol.ENV_ASSETS, (), _COMPANIONS),
     "masks": Asset("region masks", "MICROFACE_FLAME_MASKS", ("FLAME_masks.pkl",), _COMPANIONS),
     "lmk68": Asset("68-point landmark embedding", "MICROFACE_LMK68", ("landmark_embedding_68.npz",), _COMPANIONS),
     "lmk_mediapipe": Asset("MediaPipe landmark embedding", "MICROFACE_LMK_MEDIAPIPE", ("mediapipe_landmark_embedding.npz",), _COMPANIONS),
     "uv_template": Asset("UV template", "MICROFACE_UV_TEMPLATE", ("head_template.obj",),
                          "set MICROFACE_UV_TEMPLATE to FLAME's head_template.obj (the template with UVs)"),
-    "weights": Asset("network weights", "MICROFACE_WEIGHTS", ("microface.pt",),
+    "weights": Asset("network weights", protocol.ENV_WEIGHTS, protocol.SHIPPED_WEIGHTS[-1:],
                      "pass --weights PATH or set MICROFACE_WEIGHTS to the trained network (MicroFace ships "
                      "weights/microface.pt; python -m backend.training.train makes new ones)"),
-    "fan": Asset("FAN weights", "MICROFACE_FAN_DIR", ("2DFAN4-cd938726ad.zip", "2DFAN4_1.6-c827573f02.zip", "2DFAN4_1.5-a60332318a.zip"),
+    "fan": Asset("FAN weights", protocol.ENV_FAN_DIR, ("2DFAN4-cd938726ad.zip", "2DFAN4_1.6-c827573f02.zip", "2DFAN4_1.5-a60332318a.zip"),
                  "pass --fan PATH or set MICROFACE_FAN_DIR to face-alignment's 2DFAN4 weights (or their folder)"),
 }
 
@@ -205,6 +206,9 @@ class ReaderConfig:
     patterns: int = 8               # spatial patterns of the micro-expression, each with its time course
     alternations: int = 5           # rounds of alternating patterns and time courses
     smooth_s: float = 0.02          # Gaussian smoothing of the time courses, seconds
+    # Regions moving under this fraction of the most-moving one keep (motion / that)² of it
+    # (flow_reader.region_focus); 0 = off.
+    focus_fraction: float = 0.0
     anchor_every_s: float = 1.0     # each frame's flow is read from an anchor frame this often (chains add up errors)
     min_facing: float = 0.3         # cosine between a point's normal and the view ray, below which it is left out
 

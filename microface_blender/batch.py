@@ -91,7 +91,7 @@ class Options:
     inputs: list[Path]
     out_dir: Path
     exports: tuple[str, ...] = ()        # keys of EXPORTS, in EXPORTS order
-    backend_args: list[str] = field(default_factory=list)  # passed through to `backend reconstruct`
+    backend: dict = field(default_factory=dict)  # protocol.ReconstructRequest fields besides video and output
     force: bool = False
     keep_result: bool = False
     verbose: bool = False
@@ -144,21 +144,15 @@ def parse_args(argv: list[str]) -> Options:
         raise UsageError(f"--end {a.end} is before --start {a.start}")
     if a.fps is not None and not (a.fps > 0 and math.isfinite(a.fps)):
         raise UsageError(f"--fps must be a positive number, not {a.fps}")
-    backend_args = []
-    for flag, value in (("--start", a.start), ("--end", a.end), ("--fps", a.fps), ("--device", a.device)):
-        if value is not None:
-            backend_args += [flag, str(value)]
+    backend = dict(start=a.start, end=a.end, fps=a.fps, device=a.device, no_refine=a.no_refine,
+                   no_photometric=a.no_photometric)
     if a.flame:
         flame = Path(a.flame).expanduser().absolute()
         if not flame.is_file():
             raise UsageError(f"head model {flame} does not exist")
-        backend_args += ["--flame", str(flame)]
-    if a.no_refine:
-        backend_args.append("--no-refine")
-    if a.no_photometric:
-        backend_args.append("--no-photometric")
+        backend["flame"] = str(flame)
     return Options(inputs=[Path(p).expanduser().absolute() for p in a.inputs], out_dir=out,
-                   exports=tuple(k for k in EXPORTS if getattr(a, k)), backend_args=backend_args,
+                   exports=tuple(k for k in EXPORTS if getattr(a, k)), backend=backend,
                    force=a.force, keep_result=a.keep_result, verbose=a.verbose, python=a.python or "")
 
 
@@ -198,8 +192,9 @@ def outputs(opts: Options, clip: Path) -> dict[str, Path]:
 
 
 def backend_command(opts: Options, clip: Path, npz: Path) -> list[str]:
-    return [opts.python, "-m", "backend", "reconstruct", str(clip), "-o", str(npz), "--exit-with-stdin",
-            *opts.backend_args]
+    from .core.backend_job import protocol
+
+    return protocol.reconstruct_argv(opts.python, protocol.ReconstructRequest(str(clip), str(npz), **opts.backend))
 
 
 def run_backend(opts: Options, clip: Path, npz: Path) -> list[str]:

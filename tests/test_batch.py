@@ -253,6 +253,7 @@ def test_force_redoes_and_a_failed_export_replaces_nothing(run, batch_module, tm
 
     def fake_backend(opts, clip_, npz):
         shutil.copyfile(run.out / "single_face.npz", npz)
+        return ["the face is 40 px wide"]   # the backend's warnings reach the clip's line
 
     monkeypatch.setattr(batch_module, "run_backend", fake_backend)
     args = [str(clip), "-o", str(out), "--abc"]
@@ -261,6 +262,8 @@ def test_force_redoes_and_a_failed_export_replaces_nothing(run, batch_module, tm
         return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.iterdir()}
 
     assert batch_module.main(args, python=sys.executable, backend_root=ROOT) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("ok "))
+    assert line.endswith("  warning: the face is 40 px wide")
     first = files()
     assert sorted(first) == ["single_face.abc", "single_face.blend"]
     assert batch_module.main(args, python=sys.executable, backend_root=ROOT) == 0  # skipped

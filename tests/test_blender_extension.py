@@ -71,12 +71,14 @@ def test_pack_writes_the_extension_zip(packed, blender_ext):
     assert packed.name == f"microface-{manifest['version']}.zip"
     with zipfile.ZipFile(packed) as zf:
         names = zf.namelist()
-        assert zf.read("core/result.py") == (ROOT / "backend" / "contract" / "result.py").read_bytes()
+        for name in ("result", "protocol"):
+            assert zf.read(f"core/{name}.py") == (ROOT / "backend" / "contract" / f"{name}.py").read_bytes()
         assert zf.read("blender_manifest.toml") == MANIFEST.read_bytes()
         info = json.loads(zf.read("build_info.json"))
     package = ROOT / "microface_blender"
     modules = [p.relative_to(package).as_posix() for p in package.rglob("*.py") if "__pycache__" not in p.parts]
-    assert sorted(names) == sorted(["blender_manifest.toml", "core/result.py", "build_info.json", *modules])
+    assert sorted(names) == sorted(["blender_manifest.toml", "core/result.py", "core/protocol.py", "build_info.json",
+                                    *modules])
     assert "__init__.py" in names and not any("__pycache__" in n or n.endswith(".pyc") or "test" in n for n in names)
     assert info == {"version": manifest["version"], "source_root": str(ROOT)}
     # Blender's own validation of the archive (what `blender --command extension validate` runs).
@@ -143,6 +145,7 @@ _INSTALL_SCRIPT = textwrap.dedent('''
     out["strip_poll"] = [bpy.ops.microface.reconstruct_strip.poll(),
                          sys.modules[PKG + ".ops.strip_ops"].unavailable_reason(bpy.context)]
     out["result_module"] = sys.modules[PKG + ".core.result"].__file__
+    out["protocol_module"] = sys.modules[PKG + ".core.protocol"].__file__
     out["objects"] = sorted(o.name for o in bpy.data.objects)
     repo = [r for r in bpy.context.preferences.extensions.repos if r.module == "user_default"][0]
     out["uninstall"] = sorted(bpy.ops.extensions.package_uninstall(repo_directory=repo.directory, pkg_id="microface"))
@@ -181,6 +184,7 @@ def test_packed_zip_installs_works_and_uninstalls_cleanly(packed, tmp_path):
     assert not Path(out["prefs"]["cache_dir"]).is_relative_to(ext_dir)  # never the add-on's own folder
     assert out["import"] == ["FINISHED"]
     assert Path(out["result_module"]) == ext_dir / "core" / "result.py"  # the packed copy, not the repo's
+    assert Path(out["protocol_module"]) == ext_dir / "core" / "protocol.py"
     assert {"synthetic_4_head", "synthetic_4_rig"} <= set(out["objects"])
     assert out["uninstall"] == ["FINISHED"]
     assert out["after"] == {"operator": False, "panel": False, "preferences": False, "wm_property": False,

@@ -93,14 +93,15 @@ def test_command_line_and_environment(fake):
     cmd = bj.build_command(settings, video, "/c/out.npz", 3, 40)
     assert cmd[:4] == [sys.executable, "-m", "backend", "reconstruct"]
     assert cmd[4:] == [str(video), "-o", "/c/out.npz", "--start", "3", "--end", "40", "--device", "cpu",
-                       "--exit-with-stdin", "--flame", settings.flame]
+                       "--flame", settings.flame, "--exit-with-stdin"]
     s2 = bj.BackendSettings(python="py", cache_dir="c", device="AUTO", refine=False, photometric=False, flow="tvl1")
-    assert bj.build_command(s2, video, "o.npz", 0, 1)[-6:] == ["auto", "--exit-with-stdin", "--no-refine", "--no-photometric",
-                                                        "--flow", "tvl1"]
+    assert bj.build_command(s2, video, "o.npz", 0, 1)[-7:] == ["--device", "auto", "--flow", "tvl1", "--no-refine",
+                                                               "--no-photometric", "--exit-with-stdin"]
     job = _run(fake, "ok")
     seen = json.loads(log.read_text())
     assert seen["cwd"] == settings.checkout and seen["pythonpath"] == settings.checkout  # Blender's PYTHONHOME dropped
-    assert seen["argv"][:2] == ["reconstruct", str(video)] and seen["argv"][-2:] == ["--flame", settings.flame]
+    assert seen["argv"][:2] == ["reconstruct", str(video)] and seen["argv"][-3:] == ["--flame", settings.flame,
+                                                                                     "--exit-with-stdin"]
     assert job.state == "done"
 
 

@@ -233,3 +233,35 @@ def test_missing_output_folder_is_made_only_on_success(capsys, tmp_path):
     out = tmp_path / "new" / "deeper" / "r.npz"
     code, events, err = _run(capsys, ["reconstruct", str(tmp_path / "nope.mp4"), "-o", str(out)])
     assert code == 2 and not (tmp_path / "new").exists()
+
+
+def test_every_request_the_protocol_writes_is_what_the_backend_reads():
+    """The add-on builds its command with backend/contract/protocol.py; the backend's parser must read
+    each field back as the same setting (a renamed flag fails here, not in a user's Blender)."""
+    from backend.cli import _parser
+    from backend.contract import protocol
+
+    full = protocol.ReconstructRequest(video="/v/clip.mp4", output="/o/r.npz", start=3, end=40, fps=200.0,
+                                       device="cpu", flame="/h/flame.pkl", no_refine=True, no_photometric=True,
+                                       flow="tvl1", extra=("--iters", "50"))
+    argv = protocol.reconstruct_argv("python", full)
+    assert argv[:4] == ["python", "-m", "backend", "reconstruct"]
+    a = _parser().parse_args(argv[3:])
+    assert (a.video, a.output, a.start, a.end, a.fps, a.device, a.flame) == \
+        ("/v/clip.mp4", "/o/r.npz", 3, 40, 200.0, "cpu", "/h/flame.pkl")
+    assert a.no_refine and a.photometric is False and a.flow == "tvl1" and a.exit_with_stdin and a.iters == 50
+    bare = _parser().parse_args(protocol.reconstruct_argv("python", protocol.ReconstructRequest("v", "o"))[3:])
+    assert bare.start is None and not bare.no_refine and bare.photometric is None and bare.flow is None
+
+
+def test_events_round_trip_and_other_lines_are_skipped():
+    from backend.contract import protocol
+
+    for event in (protocol.stage_event("flow", 30, 71), protocol.error_event("no face"),
+                  protocol.done_event("/o/r.npz", 72, 21.436, ["small face"])):
+        line = protocol.encode_event(event)
+        assert line.endswith("\n") and line.count("\n") == 1
+        assert protocol.decode_event(line) == event
+    assert protocol.done_event("/o/r.npz", 72, 21.436)["seconds"] == 21.44
+    for other in ("INFO: Created TensorFlow Lite delegate", "{not json", '{"event": "unknown"}', "[1, 2]", ""):
+        assert protocol.decode_event(other) is None

@@ -28,12 +28,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .contract import contract_module
 from .paths import checkout_roots
+
+protocol = contract_module("protocol")   # backend/contract/protocol.py: flags, events, variables
 
 BACKEND_NOT_FOUND = ("Backend not found: run `python3 build.py env` in the MicroFace checkout and set "
                      "Preferences > Backend Python to its .venv/bin/python")
-# The backend's own default head models (backend/config.py ASSETS["flame"]), for the setup check.
-_FLAME_NAMES = ("generic_model.pkl", "flame2023.pkl", "microface_ict_flame.pkl")
 _DEVICES = ("auto", "cpu", "cuda")
 CANCEL_GRACE = 2.0  # seconds between terminate and kill
 
@@ -72,15 +73,15 @@ def _checkout(settings: BackendSettings) -> Path | None:
 
 
 def _default_flame(checkout: Path | None, environ=os.environ) -> Path | None:
-    env = environ.get("MICROFACE_FLAME", "")
+    env = environ.get(protocol.ENV_FLAME, "")
     if env:
         path = Path(env).expanduser()
         if path.is_dir():
-            return next((path / n for n in _FLAME_NAMES if (path / n).is_file()), None)
+            return next((path / n for n in protocol.FLAME_FILE_NAMES if (path / n).is_file()), None)
         return path if path.is_file() else None
     if checkout is not None:
         folder = checkout.parent / "shared" / "assets" / "flame"  # the development default
-        return next((folder / n for n in _FLAME_NAMES if (folder / n).is_file()), None)
+        return next((folder / n for n in protocol.FLAME_FILE_NAMES if (folder / n).is_file()), None)
     return None
 
 
@@ -133,14 +134,14 @@ def cache_key(video: str | Path, start: int, end: int, settings: BackendSettings
     range, the head model, the network weights, the backend version and the options. The device is
     left out on purpose: CPU and CUDA give the same result to float precision."""
     checkout = _checkout(settings)
-    weights = environ.get("MICROFACE_WEIGHTS") or (checkout / "weights" / "microface.pt" if checkout else None)
+    weights = environ.get(protocol.ENV_WEIGHTS) or (checkout.joinpath(*protocol.SHIPPED_WEIGHTS) if checkout else None)
     flame = settings.flame or _default_flame(checkout, environ)
     blob = json.dumps({
         "video": _stat(video), "start": int(start), "end": int(end),
         "flame": _stat(flame), "weights": _stat(weights), "backend": _backend_version(checkout),
         "checkout": str(checkout), "refine": bool(settings.refine),
         "photometric": bool(settings.photometric), "flow": settings.flow,
-        "extra": list(settings.extra_args), "assets": environ.get("MICROFACE_ASSETS", ""),
+        "extra": list(settings.extra_args), "assets": environ.get(protocol.ENV_ASSETS, ""),
     }, sort_keys=True)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
@@ -185,18 +186,12 @@ def remove_stale_staging(parent: Path, start: str, suffix: str = "") -> list[Pat
 
 def build_command(settings: BackendSettings, video: str | Path, output: str | Path, start: int, end: int) -> list[str]:
     """The child's argv."""
-    cmd = [str(Path(settings.python).expanduser()), "-m", "backend", "reconstruct",
-           str(Path(video).expanduser().absolute()), "-o", str(output), "--start", str(int(start)),
-           "--end", str(int(end)), "--device", settings.device.lower(), "--exit-with-stdin"]
-    if settings.flame:
-        cmd += ["--flame", str(Path(settings.flame).expanduser().absolute())]
-    if not settings.refine:
-        cmd.append("--no-refine")
-    if not settings.photometric:
-        cmd.append("--no-photometric")
-    if settings.flow != "dis":
-        cmd += ["--flow", settings.flow]
-    return cmd + list(settings.extra_args)
+    request = protocol.ReconstructRequest(
+        video=str(Path(video).expanduser().absolute()), output=str(output), start=int(start), end=int(end),
+        device=settings.device.lower(), flame=str(Path(settings.flame).expanduser().absolute()) if settings.flame else None,
+        no_refine=not settings.refine, no_photometric=not settings.photometric,
+        flow=settings.flow if settings.flow != "dis" else None, extra=tuple(settings.extra_args))
+    return protocol.reconstruct_argv(str(Path(settings.python).expanduser()), request)
 
 
 def child_env(checkout: Path, environ=os.environ) -> dict:
@@ -301,14 +296,8 @@ class Job:
     def _read_stdout(self, stream) -> None:
         try:
             for line in stream:
-                line = line.strip()
-                if not line.startswith("{"):
-                    continue  # a library's own print: not ours to parse
-                try:
-                    event = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(event, dict) and "event" in event:
+                event = protocol.decode_event(line)   # None for a library's own print
+                if event is not None:
                     self._events.put(event)
         finally:
             self._events.put(_EOF)
@@ -332,10 +321,10 @@ class Job:
                 continue
             new.append(event)
             kind = event.get("event")
-            if kind == "stage":
+            if kind == protocol.STAGE:
                 self.progress = Progress(str(event.get("stage", "")), int(event.get("done", 0) or 0),
                                          int(event.get("total", 0) or 0))
-            elif kind in ("done", "error"):
+            elif kind in (protocol.DONE, protocol.ERROR):
                 self._final_event = event
         if self.state == "running" and self._eof and self._proc.poll() is not None:
             self._finish()
@@ -356,11 +345,11 @@ class Job:
         event = self._final_event or {}
         produced = self._staging / self.output.name if self._staging else None
         try:
-            if self.returncode == 0 and event.get("event") == "done" and produced and produced.is_file():
+            if self.returncode == protocol.EXIT_OK and event.get("event") == protocol.DONE and produced and produced.is_file():
                 os.replace(produced, self.output)
                 self.warnings = list(event.get("warnings") or [])
                 self.state = "done"
-            elif event.get("event") == "error":
+            elif event.get("event") == protocol.ERROR:
                 self._fail(event.get("message") or "the backend failed")
             else:
                 self._fail(self._crash_message())

@@ -25,10 +25,10 @@ import math
 import numpy as np
 
 from .lbs import axis_angle_to_quaternion
-from .resultfile import result_module
+from .contract import contract_module
 
 # The result format's region order (its reader refuses any other).
-REGION_NAMES = result_module().REGION_NAMES
+REGION_NAMES = contract_module("result").REGION_NAMES
 # FLAME's joints (in result-file order: global, neck, jaw, left eye, right eye) -> the region whose
 # gain amplifies them. Global and neck carry rigid head motion: they have none and are never amplified.
 FLAME_BONE_REGIONS = (None, None, "mouth", "left_eye", "right_eye")

@@ -29,7 +29,9 @@ def checkout_roots(package_dir: Path = PACKAGE_DIR) -> list[Path]:
 
 def find_backend_python(package_dir: Path = PACKAGE_DIR, environ=os.environ) -> str:
     """The backend's interpreter: ``$MICROFACE_PYTHON``, else a checkout's ``.venv`` python, else ""."""
-    env = environ.get("MICROFACE_PYTHON", "")
+    from .contract import contract_module
+
+    env = environ.get(contract_module("protocol").ENV_PYTHON, "")
     if env and Path(env).is_file():
         return env
     for root in checkout_roots(package_dir):

@@ -24,7 +24,7 @@ import numpy as np
 from ..core import keyframe_math, rigdata
 from ..core.detail import DEFAULT_MAX_KEYS, DEFAULT_TOLERANCE
 from ..core.frame_map import FrameMap, resolve_frame_map
-from ..core.resultfile import result_module
+from ..core.contract import contract_module
 from .anim import ActionWriter
 from .camera import CameraOptions, add_camera
 
@@ -243,7 +243,7 @@ def import_result(context, path, *, frame_map: FrameMap = None, name: str | None
     """
     timings = {}
     t0 = time.perf_counter()
-    R = result_module()
+    R = contract_module("result")
     path = Path(path).expanduser().absolute()
     try:
         res = R.read_result(path)
