@@ -79,18 +79,6 @@ def _emit(event: dict) -> None:
     sys.stdout.flush()
 
 
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM or SIGHUP: unwinds like Ctrl-C, so partial files are removed and the stream ends."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.code = protocol.EXIT_SIGNAL_BASE + signum
-
-
-def _raise_terminated(signum, _frame):
-    raise _Terminated(signum)
-
-
 def _fail(message: str, code: int) -> int:
     _emit(protocol.error_event(message))
     print(f"error: {message}", file=sys.stderr)
@@ -99,17 +87,8 @@ def _fail(message: str, code: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    previous = {}
-    try:
-        for s in (getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)):
-            previous[s] = signal.signal(s, _raise_terminated)
-    except ValueError:  # not the main thread (an embedding caller): signals stay as they were
-        pass
-    try:
+    with protocol.termination_unwinds():
         return _main(args)
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 def _watch_stdin() -> None:
@@ -180,7 +159,7 @@ def _main(args: argparse.Namespace) -> int:
         return protocol.EXIT_OK
     except MicroFaceError as exc:
         return _fail(str(exc), exc.code)
-    except _Terminated as exc:
+    except protocol.Terminated as exc:
         return _fail(f"terminated by {exc}", exc.code)
     except KeyboardInterrupt:
         return _fail("interrupted", protocol.EXIT_INTERRUPTED)

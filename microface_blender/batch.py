@@ -19,7 +19,6 @@ import argparse
 import math
 import os
 import shutil
-import signal
 import sys
 import time
 from contextlib import contextmanager
@@ -29,7 +28,7 @@ from pathlib import Path
 import bpy
 
 from .core import paths
-from .core.backend_job import remove_stale_staging, staging_folder
+from .core.backend_job import protocol, remove_stale_staging, staging_folder
 from .scene.importer import PROP_PREFIX, ImportFailed, import_result
 
 # Suffixes taken from a folder (case-insensitive, not recursive); a file named directly is always tried.
@@ -45,35 +44,6 @@ EXPORTS = {
 
 class UsageError(Exception):
     """Bad command line or setup: one line, exit code 2, nothing was converted."""
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM or SIGHUP arrived: unwinds like Ctrl-C (the backend stopped, the staging folder
-    removed); ``code`` is the exit status, 128 + the signal's number."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.code = 128 + signum
-
-
-@contextmanager
-def _termination_unwinds():
-    """Within it, SIGTERM and SIGHUP raise :class:`Terminated` in the main thread."""
-    def raise_terminated(signum, _frame):
-        raise Terminated(signum)
-
-    names = ("SIGTERM", "SIGHUP")
-    previous = {}
-    try:
-        for s in (getattr(signal, n) for n in names if hasattr(signal, n)):
-            previous[s] = signal.signal(s, raise_terminated)
-    except ValueError:  # not the main thread: signals stay as they were
-        pass
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 STAGING_PREFIX = ".microface-"   # a clip's staging folder in OUTDIR: .microface-<stem>-<pid>-<random>
@@ -192,8 +162,6 @@ def outputs(opts: Options, clip: Path) -> dict[str, Path]:
 
 
 def backend_command(opts: Options, clip: Path, npz: Path) -> list[str]:
-    from .core.backend_job import protocol
-
     return protocol.reconstruct_argv(opts.python, protocol.ReconstructRequest(str(clip), str(npz), **opts.backend))
 
 
@@ -471,14 +439,14 @@ def main(argv: list[str], *, python: str | None = None, backend_root: Path | Non
         print(f"error: cannot create the output folder: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     try:
-        with _termination_unwinds():
+        with protocol.termination_unwinds():
             reports = run(opts, clips, out)
-    except Terminated as exc:
+    except protocol.Terminated as exc:
         print(f"error: terminated by {exc}", file=sys.stderr)
         return exc.code
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
-        return 130
+        return protocol.EXIT_INTERRUPTED
     counts = {s: sum(r.status == s for r in reports) for s in ("ok", "skip", "FAILED")}
     print(f"{len(reports)} clip{'s' * (len(reports) != 1)}: {counts['ok']} converted, {counts['skip']} skipped, "
           f"{counts['FAILED']} failed ({time.perf_counter() - t0:.1f} s)", file=out, flush=True)

@@ -13,7 +13,10 @@ a ``done`` or an ``error`` event, and the exit status says the same (:data:`EXIT
 from __future__ import annotations
 
 import json
+import signal
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Iterator
 
 # Bump only when the meaning of an existing flag, event field or exit status changes; new optional
 # flags and event fields keep it.
@@ -107,3 +110,32 @@ def decode_event(line: str) -> dict | None:
     except ValueError:
         return None
     return event if isinstance(event, dict) and event.get("event") in (STAGE, DONE, ERROR) else None
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP arrived: unwinds like Ctrl-C, so partial files are removed, children
+    stopped and the event stream ends with ``error``; ``code`` is the exit status, 128 + N."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.code = EXIT_SIGNAL_BASE + signum
+
+
+@contextmanager
+def termination_unwinds() -> Iterator[None]:
+    """Within it, SIGTERM and SIGHUP raise :class:`Terminated` in the main thread (elsewhere, an
+    embedding caller's thread, the signals stay as they were)."""
+    def raise_terminated(signum, _frame):
+        raise Terminated(signum)
+
+    previous = {}
+    try:
+        for s in (getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)):
+            previous[s] = signal.signal(s, raise_terminated)
+    except ValueError:  # not the main thread
+        pass
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
