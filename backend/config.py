@@ -195,10 +195,11 @@ class ReaderConfig:
     """backend/capture/flow_reader.py: the micro-expression read from the flow through the fitted head."""
     enabled: bool = True
     # λ on the read motion (mm²) against the tracks' residual (crop px²) is max(prior_weight,
-    # noise_weight * the clip's noise in mm², measured at noise_reference_weight); chosen on
-    # training clips of all three evaluation families (benchmarks/tune_reader.py).
+    # noise_weight * the clip's noise in mm², measured at noise_reference_weight). Fixed by default:
+    # a λ that follows the clip's noise read 0.135 of the injected training windows' motion, a fixed
+    # 0.3 read 0.236 (benchmarks/tune_reader.py on families_train; README "Flow reader settings").
     prior_weight: float = 0.3       # the least λ
-    noise_weight: float = 1000.0    # 0 = λ is prior_weight whatever the clip's noise
+    noise_weight: float = 0.0       # 0 = λ is prior_weight whatever the clip's noise
     noise_reference_weight: float = 1.0
     huber_px: float = 0.5           # robust scale of the track residual, 224-crop px
     iterations: int = 4             # reweighting rounds per frame
@@ -207,8 +208,8 @@ class ReaderConfig:
     alternations: int = 5           # rounds of alternating patterns and time courses
     smooth_s: float = 0.02          # Gaussian smoothing of the time courses, seconds
     # Regions moving under this fraction of the most-moving one keep (motion / that)² of it
-    # (flow_reader.region_focus); 0 = off.
-    focus_fraction: float = 0.0
+    # (flow_reader.region_focus); 0 = off. The region call's fraction (RegionCallConfig).
+    focus_fraction: float = 0.7
     anchor_every_s: float = 1.0     # each frame's flow is read from an anchor frame this often (chains add up errors)
     min_facing: float = 0.3         # cosine between a point's normal and the view ray, below which it is left out
 
