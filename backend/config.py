@@ -197,7 +197,7 @@ class ReaderConfig:
     # λ on the read motion (mm²) against the tracks' residual (crop px²) is max(prior_weight,
     # noise_weight * the clip's noise in mm², measured at noise_reference_weight). Fixed by default:
     # a λ that follows the clip's noise read 0.135 of the injected training windows' motion, a fixed
-    # 0.3 read 0.236 (benchmarks/tune_reader.py on families_train; README "Flow reader settings").
+    # 0.3 read 0.236 (experiments/tune_reader.py on families_train; docs/flow_reader.md).
     prior_weight: float = 0.3       # the least λ
     noise_weight: float = 0.0       # 0 = λ is prior_weight whatever the clip's noise
     noise_reference_weight: float = 1.0
@@ -219,7 +219,7 @@ class RegionCallConfig:
     """The rule (backend.head.regions.active_regions) behind the result's ``region_detection`` when the
     network's weights carry none that fits: the fit alone, or the flow reader's motion."""
     # Calibrated for the flow reader's motion on training clips of all three evaluation families
-    # (benchmarks/tune_reader.py: 0.797 of their regions called right).
+    # (experiments/tune_reader.py: 0.797 of their regions called right).
     fraction: float = 0.7           # of the most-moving region's peak motion
     floor_mm: float = 0.0
     noise_factor: float = 1.5       # times the clip's own noise floor (backend.head.regions.clip_noise_mm); 0 = off
@@ -244,7 +244,7 @@ class ReconstructConfig:
     reader: ReaderConfig = field(default_factory=ReaderConfig)
     regions: RegionCallConfig = field(default_factory=RegionCallConfig)
     # Below this face width (source px, meta.face_px) the result warns that micro-expressions are
-    # lost in the pixels; chosen where recovery collapses (benchmarks/bench_face_size.py).
+    # lost in the pixels; chosen where recovery collapses (experiments/face_size.py).
     min_face_px: float = 80.0
 
 

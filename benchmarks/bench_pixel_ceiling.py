@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_pixel_ceiling.py [--limit N] [--seed0 S] [--only TEXT]
 
-bench_flow_signal.py bounds every reader of the optical flow. This bounds a model-based reader of
+experiments/flow_signal.py bounds every reader of the optical flow. This bounds a model-based reader of
 the pixels, i.e. what a photometric refinement stage (analysis by synthesis) could reach at best.
 It is given more than any real method has:
 - the true identity, camera, onset expression and rigid head motion of every frame;
@@ -15,7 +15,7 @@ onset-frame colour. The unknowns are ψ and a gain and bias per frame and channe
 drifts). Gauss-Newton on the Huber-weighted colour residual, bilinear samples of the frames and
 their gradients, prior λ ψᵀBψ with B the Gram of ψ's motion in mm per face vertex; λ is chosen per
 variant as the best on the mean (oracle too). Scored by backend.training.evaluate.micro_metrics over
-onset..offset, like the network and bench_flow_signal's readers.
+onset..offset, like the network and experiments/flow_signal.py's readers.
 
 Variants re-render the held-out seeds:
 - recipe: the frames after the mp4 round trip, as the frontend sees them;

@@ -1,6 +1,6 @@
 """The whole pipeline on the real clips in ../shared/videos.
 
-Bounds are the measured figures (README, benchmarks/bench_pipeline.py) with margin.
+Bounds are the measured figures (docs/accuracy.md, docs/speed.md, benchmarks/bench_pipeline.py) with margin.
 """
 from __future__ import annotations
 
@@ -52,6 +52,7 @@ def test_single_face_main_job(tmp_path):
     assert not back.meta["refined"] and back.meta["weights"] is None and back.meta["reader"]["points"] > 1000
     assert back.meta["drift_sigma_s"] == 0.5
     assert "photometric" not in back.meta and back.meta["warnings"] == []
+    assert back.meta["face_px"] > ReconstructConfig().min_face_px   # measured 150 px wide: no warning
     # Region motion from frame 0 without the head's rigid motion. At the smile (frame 36) the mouth
     # moved 3.6 mm, the cheeks 1.6 / 1.3 and the forehead 0.75 (measured); over the clip the reader's
     # rule (0.7 of the largest peak, 4.0 mm, and 1.5 x the clip's noise floor, 0.87 mm) calls the
@@ -103,6 +104,25 @@ def test_cuts_and_faceless_shots_partial_but_honest(tmp_path):
     assert valid_frames.min() >= 60 and valid_frames.max() <= 190
     assert any("interpolated" in w for w in res.meta["warnings"])
     assert np.isfinite(res.vertices).all()
+
+
+def test_a_face_too_small_for_micro_expressions_is_warned(tmp_path):
+    """single_face at a sixth of its size (a face about 25 px wide in 106x60 frames) still
+    reconstructs, and the result says the face is too small to read micro-expressions from."""
+    import cv2
+
+    from backend.capture.video import read_clip
+    from backend.config import VideoConfig
+    from conftest import write_video
+
+    frames = read_clip(shared_video("single_face.mp4"), VideoConfig(end=11)).frames
+    small = np.stack([cv2.resize(f, (f.shape[1] // 6, f.shape[0] // 6), interpolation=cv2.INTER_AREA)
+                      for f in frames])
+    video = write_video(tmp_path / "small.mp4", small, 30.0)
+    _, res = reconstruct(video, tmp_path / "small.npz", _cfg())
+    assert res.meta["face_px"] < ReconstructConfig().min_face_px
+    warning = next(w for w in res.meta["warnings"] if "px wide" in w)
+    assert f"{res.meta['face_px']:.0f} px wide" in warning and "\n" not in warning
 
 
 def test_face_index_beyond_faces_is_a_clear_error(tmp_path):

@@ -1,6 +1,6 @@
 """The shipped network (weights/microface.pt) against the static-fit baseline on a held-out
 synthetic clip (a seed from the held-out range, never used in training), through the same
-frontend as training and the pipeline. Margins come from benchmarks/bench_learned.py (README)."""
+frontend as training and the pipeline. Margins come from benchmarks/bench_learned.py (docs/accuracy.md)."""
 from __future__ import annotations
 
 import json
@@ -13,7 +13,7 @@ from backend.training.evaluate import compare_methods
 from backend.head.flame import FlameLayer, load_flame
 from backend.net.model import load_weights
 
-HELD_OUT_SEED = 900_014   # held-out range 900000-900039 (README); training used seeds 0-299
+HELD_OUT_SEED = 900_014   # held-out range 900000-900039 (docs/accuracy.md); training used seeds 0-299
 # On this clip (`benchmarks/bench_learned.py --per-clip`): active-region motion error 0.122 mm (fit)
 # vs 0.033 mm (network), invented still-region motion 0.079 vs 0.012 mm, jitter 0.051 vs 0.016 mm.
 # Over the 40 held-out clips the network wins on active error in 75% of clips (median margin

@@ -1,7 +1,7 @@
 """Synthetic clip end to end: render a micro-expression with known truth, run the pipeline users run,
 and compare the fitted per-frame vertices with the truth in the face region (millimetres).
 
-Bounds come from `benchmarks/bench_synth_fit.py` (seeds 100-104, README): aligned face error
+Bounds come from `benchmarks/bench_synth_fit.py` (seeds 100-104, docs/accuracy.md): aligned face error
 2.6-3.4 mm, reprojection 0.43-0.48 px, invented still-region motion 0.017-0.037 mm, jitter before
 onset 0.002-0.003 mm. The camera-space error is larger (4-44 mm) because monocular depth and head
 size trade off; it is bounded loosely to catch a broken camera model, not to grade accuracy.

@@ -109,7 +109,7 @@ HELDOUT_WINDOWS: tuple[Window, ...] = (
 )
 
 
-# Windows for choosing settings (benchmarks/tune_reader.py) or training: inside training_ranges, with
+# Windows for choosing settings (experiments/tune_reader.py) or training: inside training_ranges, with
 # the face valid in every frame (the hand covers WolfgangLanger 58-229, tears_of_steel has no usable
 # face in 0-64 and 185-239).
 TRAINING_WINDOWS: tuple[Window, ...] = (

@@ -1,6 +1,6 @@
 """Where micro-expression recovery collapses as the face gets smaller in the frame.
 
-    .venv/bin/python benchmarks/bench_face_size.py [--data /work/data/microface/families_train]
+    .venv/bin/python experiments/face_size.py [--data /work/data/microface/families_train]
         [--family own,render,injected] [--widths 240,160,110,80,55,40,28] [--limit N]
 
 Each clip of the TRAINING families (benchmarks/families/, the seeds and windows the held-out
@@ -27,7 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_heldout import METHODS, reconstruct, result_head, score  # noqa: E402
+from benchmarks.bench_heldout import METHODS, reconstruct, score  # noqa: E402
 from benchmarks.families import FamilyClip, family_clips  # noqa: E402
 
 WIDTHS = (240, 160, 110, 80, 55, 40, 28)

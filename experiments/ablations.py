@@ -1,7 +1,7 @@
 """The paper's Table II here: drop each main component, each DGMD feature and each loss in turn.
 
-    .venv/bin/python benchmarks/bench_ablations.py --train --steps 300     # train missing variants
-    .venv/bin/python benchmarks/bench_ablations.py --steps 300 --limit 20  # table only
+    .venv/bin/python experiments/ablations.py --train --steps 300     # train missing variants
+    .venv/bin/python experiments/ablations.py --steps 300 --limit 20  # table only
 
 Every variant, "full" included, is trained by ``python -m backend.training.train`` with the same data,
 seed and step count (so the rows compare with each other, not with the shipped 2000-step weights)
@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_learned import evaluate, print_table  # noqa: E402
+from benchmarks.bench_learned import evaluate, print_table  # noqa: E402
 
 # name -> backend.training.train flags; grouped as in the paper's Table II
 VARIANTS = {

@@ -1,7 +1,7 @@
 """How much of a synthetic micro-expression the optical flow can see: the ceiling of any flow-driven model.
 
-    .venv/bin/python benchmarks/bench_flow_signal.py [--data DIR] [--limit N]
-    .venv/bin/python benchmarks/bench_flow_signal.py --render [--limit N] [--only TEXT]
+    .venv/bin/python experiments/flow_signal.py [--data DIR] [--limit N]
+    .venv/bin/python experiments/flow_signal.py --render [--limit N] [--only TEXT]
 
 On held-out clips with known truth, in 224-crop pixels, at the apex frame:
 - micro: the true crop displacement due to the micro-expression alone, i.e. the true vertices

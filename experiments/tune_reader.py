@@ -1,6 +1,6 @@
 """Choose the flow reader's settings on TRAINING clips of every family (never the held-out ones).
 
-    .venv/bin/python benchmarks/tune_reader.py --data /work/data/microface/families_train
+    .venv/bin/python experiments/tune_reader.py --data /work/data/microface/families_train
         [--family own,render,injected] [--grid "prior_weight=0.3,1,3;patterns=1,2"]
 
 Each clip's frontend (decode, landmarks, alignment, flow, fit) runs once, through the pipeline's
