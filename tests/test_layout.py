@@ -74,6 +74,22 @@ def test_contract_needs_numpy_and_the_standard_library_only(path):
     assert not other, f"backend/contract/{path.name} imports {other}"
 
 
+def test_the_contract_modules_the_extension_carries_stand_alone():
+    """``build.py pack`` copies these files into the zip by themselves: not even a sibling import."""
+    from microface_blender.core.contract import PACKED
+
+    for name in PACKED:
+        other = sorted(n for n in imports(BACKEND / "contract" / f"{name}.py")
+                       if n.split(".")[0] not in sys.stdlib_module_names and n.split(".")[0] != "numpy")
+        assert not other, f"backend/contract/{name}.py imports {other}"
+
+
+def test_backend_never_imports_benchmarks_or_experiments():
+    users = [p.relative_to(ROOT).as_posix() for p in backend_modules()
+             if any(n.split(".")[0] in ("benchmarks", "experiments") for n in imports(p))]
+    assert not users
+
+
 def test_backend_never_imports_bpy():
     users = [p.relative_to(ROOT).as_posix() for p in backend_modules()
              if any(n.split(".")[0] in ("bpy", "bmesh", "mathutils") for n in imports(p))]
