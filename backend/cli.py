@@ -32,8 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--flame", help="FLAME .pkl (else $MICROFACE_FLAME, else the development default)")
     r.add_argument("--assets", help="folder with FLAME_masks.pkl and the landmark embeddings (else $MICROFACE_ASSETS)")
     r.add_argument("--weights", help="trained network (else $MICROFACE_WEIGHTS, else the shipped weights/microface.pt)")
-    r.add_argument("--no-refine", action="store_true",
-                   help="the static landmark fit only, without the flow reader or the network (the tracking baseline)")
+    r.add_argument("--fit-only", "--no-refine", dest="fit_only", action="store_true",
+                   help="the static landmark fit only, without the flow reader or the network (the tracking baseline; --no-refine, its old name, works for one release)")
     r.add_argument("--network", action="store_true",
                    help="also run the learned network: its mesh deformation on the reader's motion, or with "
                    "--no-reader the whole DEM + DGMD")
@@ -122,7 +122,7 @@ def _main(args: argparse.Namespace) -> int:
         from .pipeline import reconstruct
 
         cfg = ReconstructConfig(device=args.device, flame=args.flame, assets=args.assets, weights=args.weights,
-                                refine=args.network and not args.no_refine)
+                                network=args.network and not args.fit_only)
         cfg.video.start, cfg.video.end, cfg.video.fps = args.start, args.end, args.fps
         cfg.landmarks.face_index = args.face_index
         cfg.landmarks.fan = args.fan
@@ -136,7 +136,7 @@ def _main(args: argparse.Namespace) -> int:
             cfg.photometric.prior_weight = args.photometric_weight
         if args.reader is not None:
             cfg.reader.enabled = args.reader
-        if args.no_refine:
+        if args.fit_only:
             cfg.reader.enabled = False
         if args.reader_weight is not None:
             cfg.reader.prior_weight, cfg.reader.noise_weight = args.reader_weight, 0.0

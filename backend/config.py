@@ -236,7 +236,7 @@ class ReconstructConfig:
     flame: str | None = None
     assets: str | None = None
     weights: str | None = None      # the trained DEM + DGMD network; None = the shipped one
-    refine: bool = False            # True: the learned network (DEM + DGMD; with the reader, its DGMD alone)
+    network: bool = False           # True: the learned network (DEM + DGMD; with the reader, its DGMD alone)
     # The network's expression and jaw take their drift slower than this (Gaussian sigma, seconds)
     # from the landmark fit; micro-expressions last under half a second. 0 = off.
     drift_sigma_s: float = 0.5

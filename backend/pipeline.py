@@ -200,9 +200,9 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
 
     model = _timed(timings, "load_model", load_flame, cfg.flame, cfg.assets)
     net, weights_info = None, None
-    if cfg.refine:   # a missing, corrupt or foreign weights file is found before the video is read
+    if cfg.network:   # a missing, corrupt or foreign weights file is found before the video is read
         from .config import WEIGHTS_DIR, asset_id, resolve_asset
-        from .net.model import load_weights
+        from .net.network import load_weights
 
         wpath = resolve_asset("weights", cfg.weights, folders=(WEIGHTS_DIR,))
         net = load_weights(wpath, model, device)
@@ -224,9 +224,9 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
                        "noise_mm": round(reading.noise_mm, 5)}
     refined = None
     if net is not None:
-        from .net.refine import refine_sample
+        from .net.apply import apply_network
 
-        refined = _timed(timings, "refine", refine_sample, net, inputs, clip.frame_indices, drift,
+        refined = _timed(timings, "refine", apply_network, net, inputs, clip.frame_indices, drift,
                          psi=(reading.expr, reading.pose) if reading else None)
         used = cfg.flow.recipe()
         if net.trained_flow is not None and net.trained_flow != used:
@@ -234,7 +234,7 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
                             f"{net.trained_flow['supersample']}x and this run used {used['method']} at "
                             f"{used['supersample']}x: its refinement is outside what it learned")
     elif reading is not None:
-        from .net.refine import parametric_meshes
+        from .net.apply import parametric_meshes
 
         refined = parametric_meshes(model, fit, reading.expr, reading.pose, clip.frame_indices, drift)
     if refined is not None:
@@ -244,9 +244,9 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
                             f"micro-expression from the range's first frame; trim the range to at most "
                             f"{cfg.photometric.max_seconds:g} s around one to refine it from the frames' colours")
         elif cfg.photometric.enabled:
-            from .net.photometric import refine_photometric
+            from .net.photometric import correct_photometric
 
-            refined, correction = _timed(timings, "photometric", refine_photometric, clip.frames, refined, model,
+            refined, correction = _timed(timings, "photometric", correct_photometric, clip.frames, refined, model,
                                          fit.shape, fit.trans, fit.intrinsics, inputs["valid"], cfg.photometric)
             photometric = {"prior_weight": float(cfg.photometric.prior_weight),
                            "frames": correction.frames_used if correction else 0}
@@ -296,7 +296,7 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
         "device": device,
         "timings": timings,
         "warnings": warnings,
-        "refined": bool(cfg.refine),
+        "refined": bool(cfg.network),
         "weights": weights_info,
         **({"reader": reader_info} if reader_info else {}),
         **({"drift_sigma_s": float(cfg.drift_sigma_s)} if refined is not None else {}),

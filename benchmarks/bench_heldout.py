@@ -51,7 +51,7 @@ class Method:
 
 
 METHODS = {
-    "fit": Method(("--no-refine",)),
+    "fit": Method(("--fit-only",)),
     "reader": Method(("--reader",)),
     "reader + photometric": Method(("--reader", "--photometric")),
     "reader + DGMD": Method(("--reader", "--network")),

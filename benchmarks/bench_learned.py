@@ -92,7 +92,7 @@ def main() -> int:
 
     from backend.training.dataset import load_sample
     from backend.head.flame import FlameLayer, load_flame
-    from backend.net.model import load_weights
+    from backend.net.network import load_weights
 
     flame_model = load_flame()
     layer = FlameLayer(flame_model)

@@ -40,9 +40,9 @@ def main() -> int:
     from backend.training.dataset import default_config, draw_synthetic_spec, gt_vertices, rendered_sample
     from backend.training.evaluate import micro_metrics
     from backend.head.flame import FlameLayer, load_flame
-    from backend.net.model import load_weights
-    from backend.net.photometric import refine_photometric
-    from backend.net.refine import refine_sample
+    from backend.net.network import load_weights
+    from backend.net.photometric import correct_photometric
+    from backend.net.apply import apply_network
 
     torch.set_num_threads(1)
     model = load_flame()
@@ -57,7 +57,7 @@ def main() -> int:
         meta, frames = sample["meta"], sample["frames"]
         lengths.append(len(frames))
         gt_cam, gt_head = gt_vertices(sample, layer)
-        refined = refine_sample(net, sample, drift_sigma=ReconstructConfig().drift_sigma_s * meta["fps"])
+        refined = apply_network(net, sample, drift_sigma=ReconstructConfig().drift_sigma_s * meta["fps"])
 
         def score(r):
             return micro_metrics(r["vertices"], gt_cam, r["vertices_head"], gt_head, model.region_labels,
@@ -66,7 +66,7 @@ def main() -> int:
         for prior in priors:
             cfg = dataclasses.replace(PhotometricConfig(), prior_weight=prior)
             t0 = time.perf_counter()
-            out, _ = refine_photometric(frames, refined, model, sample["fit_shape"], sample["fit_trans"],
+            out, _ = correct_photometric(frames, refined, model, sample["fit_shape"], sample["fit_trans"],
                                         sample["intrinsics"], sample["valid"], cfg)
             seconds.append(time.perf_counter() - t0)
             row[f"+ photometric, λ = {prior:g}"] = score(out)

@@ -76,9 +76,9 @@ def run_clip(video: str, net, model, end: int | None) -> tuple[dict, dict]:
     from backend.config import ReconstructConfig
     from backend.head.flame import FlameLayer, head_space
     from backend.capture.landmarks import detect_landmarks
-    from backend.net.photometric import refine_photometric
+    from backend.net.photometric import correct_photometric
     from backend.pipeline import network_inputs, read_motion, run_frontend
-    from backend.net.refine import parametric_meshes, refine_sample
+    from backend.net.apply import parametric_meshes, apply_network
     from backend.capture.video import read_clip
 
     cfg = ReconstructConfig()
@@ -87,9 +87,9 @@ def run_clip(video: str, net, model, end: int | None) -> tuple[dict, dict]:
     lms = detect_landmarks(clip, cfg.landmarks)
     fe = run_frontend(clip, lms, model, cfg)
     inputs = network_inputs(fe)
-    r = refine_sample(net, inputs, clip.frame_indices, cfg.drift_sigma_s * clip.fps)
+    r = apply_network(net, inputs, clip.frame_indices, cfg.drift_sigma_s * clip.fps)
     t0 = time.perf_counter()
-    rp, _ = refine_photometric(clip.frames, r, model, fe.fit.shape, fe.fit.trans, fe.fit.intrinsics,
+    rp, _ = correct_photometric(clip.frames, r, model, fe.fit.shape, fe.fit.trans, fe.fit.intrinsics,
                                inputs["valid"], cfg.photometric)
     seconds = time.perf_counter() - t0
     reading = read_motion(fe, model, cfg)
@@ -116,7 +116,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from backend.head.flame import load_flame
-    from backend.net.model import load_weights
+    from backend.net.network import load_weights
 
     model = load_flame()
     net = load_weights(args.weights, model)

@@ -33,7 +33,8 @@ def run_clip(seed: int, regions: tuple[str, ...], flow: str = "dis", model=None,
     cfg = SynthConfig(seed=seed, micro=MicroExpressionSpec(regions=regions), **synth_overrides)
     clip = generate(cfg, model)
     video = write_video(clip, tmp / f"synth_{seed}.mp4")
-    rc = ReconstructConfig(device="cpu", refine=False)  # the static fit alone
+    rc = ReconstructConfig(device="cpu")  # the static fit alone: no network, no reader
+    rc.reader.enabled = False
     rc.flow.method = flow
     rc.video.fps = clip.fps
     rc.fit.focal = float(clip.intrinsics[0])

@@ -73,7 +73,7 @@ def main() -> int:
 
     from backend.training.dataset import load_sample
     from backend.head.flame import FlameLayer, load_flame
-    from backend.net.model import load_weights
+    from backend.net.network import load_weights
 
     flame_model = load_flame()
     nets = {n: load_weights(folder / f"{slug(n)}.pt", flame_model) for n in names

@@ -51,7 +51,7 @@ def read_head(front, model, reader) -> np.ndarray:
     from backend.config import ReconstructConfig
     from backend.head.flame import FlameLayer, head_space
     from backend.pipeline import read_motion
-    from backend.net.refine import parametric_meshes
+    from backend.net.apply import parametric_meshes
 
     fe, flows = front
     fit = fe.fit

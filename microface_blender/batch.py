@@ -84,7 +84,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=float, help="override the clip's frame rate (high-speed footage stored at 25/30 fps)")
     p.add_argument("--device", help="backend device: auto (default), cpu or cuda[:N]")
     p.add_argument("--flame", help="FLAME-format .pkl head model (else $MICROFACE_FLAME, else the open stand-in)")
-    p.add_argument("--no-refine", action="store_true", help="skip the learned modules (static fit only)")
+    p.add_argument("--fit-only", "--no-refine", dest="fit_only", action="store_true",
+                   help="the static landmark fit only, without the flow reader (--no-refine: its old name)")
     p.add_argument("--no-photometric", action="store_true",
                    help="skip the photometric refinement of the network's output from the frames' colours")
     p.add_argument("--fbx", action="store_true", help="also write <stem>.fbx (armature, skin, shape-key animation)")
@@ -114,7 +115,7 @@ def parse_args(argv: list[str]) -> Options:
         raise UsageError(f"--end {a.end} is before --start {a.start}")
     if a.fps is not None and not (a.fps > 0 and math.isfinite(a.fps)):
         raise UsageError(f"--fps must be a positive number, not {a.fps}")
-    backend = dict(start=a.start, end=a.end, fps=a.fps, device=a.device, no_refine=a.no_refine,
+    backend = dict(start=a.start, end=a.end, fps=a.fps, device=a.device, fit_only=a.fit_only,
                    no_photometric=a.no_photometric)
     if a.flame:
         flame = Path(a.flame).expanduser().absolute()

@@ -94,8 +94,8 @@ def test_command_line_and_environment(fake):
     assert cmd[:4] == [sys.executable, "-m", "backend", "reconstruct"]
     assert cmd[4:] == [str(video), "-o", "/c/out.npz", "--start", "3", "--end", "40", "--device", "cpu",
                        "--flame", settings.flame, "--exit-with-stdin"]
-    s2 = bj.BackendSettings(python="py", cache_dir="c", device="AUTO", refine=False, photometric=False, flow="tvl1")
-    assert bj.build_command(s2, video, "o.npz", 0, 1)[-7:] == ["--device", "auto", "--flow", "tvl1", "--no-refine",
+    s2 = bj.BackendSettings(python="py", cache_dir="c", device="AUTO", fit_only=True, photometric=False, flow="tvl1")
+    assert bj.build_command(s2, video, "o.npz", 0, 1)[-7:] == ["--device", "auto", "--flow", "tvl1", "--fit-only",
                                                                "--no-photometric", "--exit-with-stdin"]
     job = _run(fake, "ok")
     seen = json.loads(log.read_text())
@@ -134,7 +134,7 @@ def test_cache_key_follows_clip_range_and_settings(fake, tmp_path):
     assert key == bj.cache_key(video, 0, 12, settings, environ) and len(key) == 16
     assert bj.cache_key(video, 0, 13, settings, environ) != key
     assert bj.cache_key(video, 1, 12, settings, environ) != key
-    assert bj.cache_key(video, 0, 12, bj.BackendSettings(**{**settings.__dict__, "refine": False}), environ) != key
+    assert bj.cache_key(video, 0, 12, bj.BackendSettings(**{**settings.__dict__, "fit_only": True}), environ) != key
     assert bj.cache_key(video, 0, 12, bj.BackendSettings(**{**settings.__dict__, "photometric": False}), environ) != key
     # The device does not change the result, so it does not change the key.
     assert bj.cache_key(video, 0, 12, bj.BackendSettings(**{**settings.__dict__, "device": "cuda"}), environ) == key

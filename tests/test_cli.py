@@ -242,16 +242,16 @@ def test_every_request_the_protocol_writes_is_what_the_backend_reads():
     from backend.contract import protocol
 
     full = protocol.ReconstructRequest(video="/v/clip.mp4", output="/o/r.npz", start=3, end=40, fps=200.0,
-                                       device="cpu", flame="/h/flame.pkl", no_refine=True, no_photometric=True,
+                                       device="cpu", flame="/h/flame.pkl", fit_only=True, no_photometric=True,
                                        flow="tvl1", extra=("--iters", "50"))
     argv = protocol.reconstruct_argv("python", full)
     assert argv[:4] == ["python", "-m", "backend", "reconstruct"]
     a = _parser().parse_args(argv[3:])
     assert (a.video, a.output, a.start, a.end, a.fps, a.device, a.flame) == \
         ("/v/clip.mp4", "/o/r.npz", 3, 40, 200.0, "cpu", "/h/flame.pkl")
-    assert a.no_refine and a.photometric is False and a.flow == "tvl1" and a.exit_with_stdin and a.iters == 50
+    assert a.fit_only and a.photometric is False and a.flow == "tvl1" and a.exit_with_stdin and a.iters == 50
     bare = _parser().parse_args(protocol.reconstruct_argv("python", protocol.ReconstructRequest("v", "o"))[3:])
-    assert bare.start is None and not bare.no_refine and bare.photometric is None and bare.flow is None
+    assert bare.start is None and not bare.fit_only and bare.photometric is None and bare.flow is None
 
 
 def test_events_round_trip_and_other_lines_are_skipped():

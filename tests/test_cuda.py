@@ -22,7 +22,7 @@ def test_auto_device_picks_cuda():
 
 def test_network_on_cuda_equals_cpu(head_model):
     from backend.net.dem import window_times
-    from backend.net.model import MicroFaceNet
+    from backend.net.network import MicroFaceNet
 
     torch.manual_seed(1)
     net = MicroFaceNet(head_model)

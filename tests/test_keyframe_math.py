@@ -219,8 +219,8 @@ def test_douglas_peucker_keeps_corners_and_stays_within_tolerance():
 def test_refine_adds_the_worst_miss_between_kept_keys():
     keep = np.array([1, 0, 0, 0, 1, 0, 0, 1], bool)
     errors = np.array([0, 0.2, 0.5, 0.1, 0, 0.05, 0.01, 0])
-    np.testing.assert_array_equal(km.refine(keep, errors, 0.1), [1, 0, 1, 0, 1, 0, 0, 1])
-    assert np.array_equal(km.refine(keep, errors, 1.0), keep)
+    np.testing.assert_array_equal(km.restore_missed_keys(keep, errors, 0.1), [1, 0, 1, 0, 1, 0, 0, 1])
+    assert np.array_equal(km.restore_missed_keys(keep, errors, 1.0), keep)
 
 
 def test_bake_frames_cover_every_key():

@@ -14,7 +14,7 @@ from backend.net.dgmd import (attention_weights, lift_landmarks, normalized_adja
                           patch_mean, region_centroids, region_flow_intensity)
 from backend.errors import MicroFaceError
 from backend.head.flame import load_flame
-from backend.net.model import MicroFaceNet, landmark_points, load_weights, save_weights
+from backend.net.network import MicroFaceNet, landmark_points, load_weights, save_weights
 
 
 @pytest.fixture(scope="module")
@@ -211,8 +211,8 @@ def test_weights_round_trip_and_failures(flame_model, tmp_path):
 
 
 def test_chunked_refinement_equals_the_whole_window(flame_model):
-    """backend/net/refine.py runs long clips in chunks of frames; the result must not depend on it."""
-    from backend.net.refine import drift_from_fit, refine_sample
+    """backend/net/apply.py runs long clips in chunks of frames; the result must not depend on it."""
+    from backend.net.apply import drift_from_fit, apply_network
 
     net, batch = _batch(flame_model, b=1, t=7)
     for p in (net.dem.motion.head[-1].weight, net.dgmd.out[-1].weight):
@@ -224,12 +224,12 @@ def test_chunked_refinement_equals_the_whole_window(flame_model):
     sample = {"valid": np.ones(7, bool), "flow": batch["flow"][0].numpy(), "lmk_68": batch["lmk"][0, :, :68].numpy(),
               "lmk_mp": mp, "intrinsics": batch["intrinsics"][0].numpy(), "align": batch["align"][0].numpy(),
               **{k: batch[k][0].numpy() for k in ("fit_shape", "fit_expr", "fit_pose", "fit_trans")}}
-    out = refine_sample(net, sample, chunk=3)
+    out = apply_network(net, sample, chunk=3)
     np.testing.assert_allclose(out["vertices"], whole["vertices"][0].numpy(), atol=1e-6)
     np.testing.assert_allclose(out["expr"], whole["expr"][0].numpy(), atol=1e-6)
     # With a drift sigma, the DEM's expression and jaw take the fit's slow part, then the deformation runs.
     sigma = 2.5
-    anchored = refine_sample(net, sample, drift_sigma=sigma, chunk=3)
+    anchored = apply_network(net, sample, drift_sigma=sigma, chunk=3)
     jaw = net.jaw
     psi = np.concatenate([out["expr"], out["pose"][:, jaw]], 1)
     fit_psi = np.concatenate([sample["fit_expr"], sample["fit_pose"][:, jaw]], 1)
@@ -242,7 +242,7 @@ def test_chunked_refinement_equals_the_whole_window(flame_model):
 def test_drift_from_fit_known_answers():
     """psi + G * (fit - psi): a constant offset and a linear drift go, a one-frame spike stays but
     for the kernel's own weight at its frame, and chunking the rows changes nothing."""
-    from backend.net.refine import drift_from_fit
+    from backend.net.apply import drift_from_fit
 
     rng = np.random.default_rng(0)
     f = np.arange(200)

@@ -112,7 +112,7 @@ def test_refine_photometric_keeps_the_network_output_when_the_prior_forbids_chan
     """With an overwhelming prior δ = 0: the corrected copy rebuilds the same meshes through FLAME
     (initial ones) and keeps the mesh deformation's offsets (final ones)."""
     from backend.head.flame import FlameLayer, head_space
-    from backend.net.photometric import refine_photometric
+    from backend.net.photometric import correct_photometric
 
     t, n = 6, head_model.n_expr
     rng = np.random.default_rng(0)
@@ -131,7 +131,7 @@ def test_refine_photometric_keeps_the_network_output_when_the_prior_forbids_chan
     frames = rng.integers(0, 255, (t, 240, 320, 3), dtype=np.uint8)
     intr = np.array([500.0, 159.5, 119.5])
     cfg = dataclasses.replace(PhotometricConfig(), prior_weight=1e12)
-    out, corr = refine_photometric(frames, refined, head_model, shape, trans, intr, np.ones(t, bool), cfg)
+    out, corr = correct_photometric(frames, refined, head_model, shape, trans, intr, np.ones(t, bool), cfg)
     assert corr is not None and corr.frames_used == t - 1
     assert np.abs(corr.dpsi).max() < 1e-6
     for key in ("vertices", "vertices_init", "vertices_head", "vertices_init_head"):
@@ -148,16 +148,16 @@ def test_photometric_refinement_adds_to_the_network_on_a_held_out_clip(head_mode
     from backend.training.dataset import default_config, draw_synthetic_spec, gt_vertices, rendered_sample
     from backend.training.evaluate import micro_metrics
     from backend.head.flame import FlameLayer
-    from backend.net.model import load_weights
-    from backend.net.photometric import refine_photometric
-    from backend.net.refine import refine_sample
+    from backend.net.network import load_weights
+    from backend.net.photometric import correct_photometric
+    from backend.net.apply import apply_network
 
     sample = rendered_sample(draw_synthetic_spec(900_013), head_model, default_config(), keep_frames=True)
     meta = sample["meta"]
     gt_cam, gt_head = gt_vertices(sample, FlameLayer(head_model))
     net = load_weights(resolve_asset("weights", folders=(WEIGHTS_DIR,)), head_model)
-    refined = refine_sample(net, sample, drift_sigma=ReconstructConfig().drift_sigma_s * meta["fps"])
-    out, corr = refine_photometric(sample["frames"], refined, head_model, sample["fit_shape"], sample["fit_trans"],
+    refined = apply_network(net, sample, drift_sigma=ReconstructConfig().drift_sigma_s * meta["fps"])
+    out, corr = correct_photometric(sample["frames"], refined, head_model, sample["fit_shape"], sample["fit_trans"],
                                    sample["intrinsics"], sample["valid"], PhotometricConfig())
 
     def score(r):

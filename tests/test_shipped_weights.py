@@ -11,7 +11,7 @@ from backend.config import WEIGHTS_DIR, resolve_asset
 from backend.training.dataset import load_sample, make_synthetic_sample
 from backend.training.evaluate import compare_methods
 from backend.head.flame import FlameLayer, load_flame
-from backend.net.model import load_weights
+from backend.net.network import load_weights
 
 HELD_OUT_SEED = 900_014   # held-out range 900000-900039 (docs/accuracy.md); training used seeds 0-299
 # On this clip (`benchmarks/bench_learned.py --per-clip`): active-region motion error 0.122 mm (fit)

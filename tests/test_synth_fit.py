@@ -24,7 +24,7 @@ def test_fit_recovers_synthetic_vertices(tmp_path):
     model = load_flame()
     clip = generate(SynthConfig(seed=7, micro=MicroExpressionSpec(regions=("mouth",))), model)
     video = write_video(clip, tmp_path / "synth.mp4")
-    cfg = ReconstructConfig(device="cpu", refine=False)  # the static fit alone: no network, no reader
+    cfg = ReconstructConfig(device="cpu")  # the static fit alone: no network, no reader
     cfg.reader.enabled = False
     cfg.flow.supersample = 1  # the fit does not read the flow; keep the test fast
     cfg.video.fps = clip.fps

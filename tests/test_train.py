@@ -11,7 +11,7 @@ from backend.training.calibrate import main as calibrate_main
 from backend.config import FlowConfig
 from backend.training.dataset import make_synthetic_sample
 from backend.head.flame import load_flame
-from backend.net.model import load_weights
+from backend.net.network import load_weights
 from backend.training.train import TrainConfig, train
 
 

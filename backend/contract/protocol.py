@@ -4,7 +4,7 @@ file into the extension (``core/protocol.py``), so both halves speak from one de
 Documented in docs/backend_protocol.md.
 
     python -m backend reconstruct VIDEO -o OUT.npz [--start N] [--end N] [--fps F] [--device D]
-        [--flame PKL] [--no-refine] [--no-photometric] [--flow dis|tvl1] [--exit-with-stdin]
+        [--flame PKL] [--fit-only] [--no-photometric] [--flow dis|tvl1] [--exit-with-stdin]
 
 stdout carries one JSON object per line (:func:`encode_event`); lines that are not events
 (a library's own prints) are to be skipped (:func:`decode_event`). The stream always ends with
@@ -56,7 +56,7 @@ class ReconstructRequest:
     fps: float | None = None        # the clip's frame rate, overriding the container's
     device: str | None = None       # "auto", "cpu" or "cuda[:N]"
     flame: str | None = None        # head model .pkl
-    no_refine: bool = False         # the static landmark fit only
+    fit_only: bool = False          # the static landmark fit only (its old name --no-refine is read for one more release)
     no_photometric: bool = False
     flow: str | None = None         # "dis" or "tvl1"
     exit_with_stdin: bool = True    # stop when the caller, holding stdin open, dies
@@ -71,7 +71,7 @@ def reconstruct_argv(python: str, request: ReconstructRequest) -> list[str]:
                         ("--flame", r.flame), ("--flow", r.flow)):
         if value is not None:
             cmd += [flag, str(int(value)) if flag in ("--start", "--end") else str(value)]
-    for flag, on in (("--no-refine", r.no_refine), ("--no-photometric", r.no_photometric),
+    for flag, on in (("--fit-only", r.fit_only), ("--no-photometric", r.no_photometric),
                      ("--exit-with-stdin", r.exit_with_stdin)):
         if on:
             cmd.append(flag)

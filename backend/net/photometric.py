@@ -194,10 +194,10 @@ def fit_correction(frames: np.ndarray, vertices: np.ndarray, vertices_head: np.n
     return Correction(dpsi.numpy(), profile, len(use))
 
 
-def refine_photometric(frames: np.ndarray, refined: dict[str, np.ndarray], model, shape: np.ndarray,
+def correct_photometric(frames: np.ndarray, refined: dict[str, np.ndarray], model, shape: np.ndarray,
                        trans: np.ndarray, intrinsics: np.ndarray, valid: np.ndarray,
                        cfg: PhotometricConfig) -> tuple[dict[str, np.ndarray], Correction | None]:
-    """The network's output ``refined`` (backend.net.refine.refine_sample) corrected by :func:`fit_correction`.
+    """The network's output ``refined`` (backend.net.apply.apply_network) corrected by :func:`fit_correction`.
 
     frames (T, H, W, 3) uint8 RGB, the same frames; shape (n_shape,), trans (T, 3) metres: the fit's
     identity and translation. Expression and jaw take ``profile_t * dpsi``; the initial meshes are

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
 
     from ..head.flame import load_flame
-    from ..net.model import load_weights, save_weights
+    from ..net.network import load_weights, save_weights
     from .dataset import load_samples
 
     path = Path(a.weights)

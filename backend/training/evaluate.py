@@ -95,7 +95,7 @@ def method_meshes(sample: dict, layer, nets: dict) -> dict[str, tuple[np.ndarray
 
     from ..config import ReconstructConfig
     from ..head.flame import head_space
-    from ..net.refine import refine_sample
+    from ..net.apply import apply_network
 
     drift_sigma = ReconstructConfig().drift_sigma_s * float(sample["meta"]["fps"])
     with torch.no_grad():
@@ -103,7 +103,7 @@ def method_meshes(sample: dict, layer, nets: dict) -> dict[str, tuple[np.ndarray
                      torch.as_tensor(sample["fit_pose"]), torch.as_tensor(sample["fit_trans"]))
     preds = {"fit only": (v.numpy(), head_space(layer, sample["fit_shape"], sample["fit_expr"], sample["fit_pose"]))}
     for name, net in nets.items():
-        r = refine_sample(net, sample, drift_sigma=drift_sigma)
+        r = apply_network(net, sample, drift_sigma=drift_sigma)
         if name == "full":
             preds["DEM only"] = (r["vertices_init"], r["vertices_init_head"])
         preds[name] = (r["vertices"], r["vertices_head"])

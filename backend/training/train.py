@@ -29,7 +29,7 @@ from ..head.flame import FlameModel, load_flame
 from ..head.priors import expression_gram
 from ..head.visibility import vertex_visibility
 from ..net.dem import window_times
-from ..net.model import MicroFaceNet, ModelConfig, landmark_points, save_weights
+from ..net.network import MicroFaceNet, NetworkConfig, landmark_points, save_weights
 from .calibrate import detection_rule
 from .dataset import load_samples
 
@@ -57,7 +57,7 @@ class TrainConfig:
     w_normal: float = 10.0
     w_flow_guide: float = 0.1
     w_geo: float = 1.0
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: NetworkConfig = field(default_factory=NetworkConfig)
 
 
 class Windows:
@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-normal", action="store_true")
     ap.add_argument("--no-flow-guide", action="store_true")
     a = ap.parse_args(argv)
-    mc = ModelConfig(use_dem=not a.no_dem, use_dgmd=not a.no_dgmd)
+    mc = NetworkConfig(use_dem=not a.no_dem, use_dgmd=not a.no_dgmd)
     mc.dgmd.use_geometry, mc.dgmd.use_landmarks, mc.dgmd.use_motion = not a.no_geometry, not a.no_landmarks, not a.no_motion
     seeds = tuple(int(x) for x in a.seeds.split(":")) if a.seeds else None
     cfg = TrainConfig(data=a.data, real=a.real, seeds=seeds, real_every=a.real_every, out=a.out, checkpoint=a.checkpoint,

@@ -48,7 +48,7 @@ class BackendSettings:
     flame: str = ""                # FLAME .pkl; "" = the backend's default ($MICROFACE_FLAME, the stand-in)
     device: str = "auto"           # auto | cpu | cuda
     checkout: str = ""             # the folder holding backend/; "" = found from ``python``
-    refine: bool = True            # False: --no-refine (the static fit only)
+    fit_only: bool = False         # True: --fit-only (the static landmark fit, no flow reader)
     photometric: bool = True       # False: --no-photometric (the network's output uncorrected by the frames' colours)
     flow: str = "dis"              # dis | tvl1
     extra_args: tuple[str, ...] = ()
@@ -139,7 +139,7 @@ def cache_key(video: str | Path, start: int, end: int, settings: BackendSettings
     blob = json.dumps({
         "video": _stat(video), "start": int(start), "end": int(end),
         "flame": _stat(flame), "weights": _stat(weights), "backend": _backend_version(checkout),
-        "checkout": str(checkout), "refine": bool(settings.refine),
+        "checkout": str(checkout), "fit_only": bool(settings.fit_only),
         "photometric": bool(settings.photometric), "flow": settings.flow,
         "extra": list(settings.extra_args), "assets": environ.get(protocol.ENV_ASSETS, ""),
     }, sort_keys=True)
@@ -189,7 +189,7 @@ def build_command(settings: BackendSettings, video: str | Path, output: str | Pa
     request = protocol.ReconstructRequest(
         video=str(Path(video).expanduser().absolute()), output=str(output), start=int(start), end=int(end),
         device=settings.device.lower(), flame=str(Path(settings.flame).expanduser().absolute()) if settings.flame else None,
-        no_refine=not settings.refine, no_photometric=not settings.photometric,
+        fit_only=settings.fit_only, no_photometric=not settings.photometric,
         flow=settings.flow if settings.flow != "dis" else None, extra=tuple(settings.extra_args))
     return protocol.reconstruct_argv(str(Path(settings.python).expanduser()), request)
 

@@ -374,7 +374,7 @@ def simplify(times: np.ndarray, values: np.ndarray, tolerance: float) -> np.ndar
     return keep
 
 
-def refine(keep: np.ndarray, errors: np.ndarray, tolerance: float) -> np.ndarray:
+def restore_missed_keys(keep: np.ndarray, errors: np.ndarray, tolerance: float) -> np.ndarray:
     """Add back keys where a simplified curve, evaluated with its own interpolation, still misses.
 
     keep: (N,) bool kept keys; errors: (N,) |curve(t_i) - original value_i| at every original key.

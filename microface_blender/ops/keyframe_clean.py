@@ -60,7 +60,7 @@ def _clean_curve(fc, tolerance: float, linear: int) -> tuple[int, int]:
             return n, int(keep.sum())
         # Bezier or constant segments: measure with the curve's own interpolation and add keys back.
         errors = np.abs(np.array([fc.evaluate(float(f)) for f in t]) - y)
-        refined = km.refine(keep, errors, tolerance)
+        refined = km.restore_missed_keys(keep, errors, tolerance)
         if np.array_equal(refined, keep):
             return n, int(keep.sum())
         keep = refined

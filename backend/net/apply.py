@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .dem import window_times
-from .model import MicroFaceNet, landmark_points
+from .network import MicroFaceNet, landmark_points
 
 
 def drift_from_fit(psi: np.ndarray, fit_psi: np.ndarray, frame_indices: np.ndarray, sigma: float,
@@ -34,7 +34,7 @@ def drift_from_fit(psi: np.ndarray, fit_psi: np.ndarray, frame_indices: np.ndarr
     return out.astype(np.asarray(psi).dtype)
 
 
-def refine_sample(net: MicroFaceNet, sample: dict, frame_indices: np.ndarray | None = None,
+def apply_network(net: MicroFaceNet, sample: dict, frame_indices: np.ndarray | None = None,
                   drift_sigma: float = 0.0, chunk: int = 48,
                   psi: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Run DEM -> FLAME -> DGMD on every frame of ``sample``.
@@ -91,7 +91,7 @@ def refine_sample(net: MicroFaceNet, sample: dict, frame_indices: np.ndarray | N
 def parametric_meshes(model, fit, expr: np.ndarray, pose: np.ndarray, frame_indices: np.ndarray,
                       drift_sigma: float = 0.0) -> dict[str, np.ndarray]:
     """The head with the fit's identity and rigid motion and the expression ``expr`` (T, n) and
-    jaw of ``pose`` (T, 3J) read without the network (backend/capture/flow_reader.py), in refine_sample's
+    jaw of ``pose`` (T, 3J) read without the network (backend/capture/flow_reader.py), in apply_network's
     layout: expr, pose, vertices(_init) (T, V, 3) camera m and their head-space twins. Its drift
     slower than ``drift_sigma`` source frames comes from the fit, as for the network."""
     from ..head.flame import FlameLayer, head_space

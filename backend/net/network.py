@@ -26,7 +26,7 @@ WEIGHTS_VERSION = 1
 
 
 @dataclass
-class ModelConfig:
+class NetworkConfig:
     use_dem: bool = True
     use_dgmd: bool = True
     dem_width: int = 16
@@ -43,9 +43,9 @@ def landmark_points(model: FlameModel, lmk_68: torch.Tensor, lmk_mp: torch.Tenso
 class MicroFaceNet(nn.Module):
     """DEM + FLAME + DGMD. :meth:`forward` takes a batch of windows of T frames."""
 
-    def __init__(self, model: FlameModel, cfg: ModelConfig | None = None):
+    def __init__(self, model: FlameModel, cfg: NetworkConfig | None = None):
         super().__init__()
-        self.cfg = cfg = cfg or ModelConfig()
+        self.cfg = cfg = cfg or NetworkConfig()
         self.flame_model = model
         self.trained_flow: dict | None = None   # the flow recipe it learned to read (load_weights sets it)
         # Its region rule {"fraction", "floor_mm", ...} calibrated on clips with truth (backend/training/calibrate.py)
@@ -96,7 +96,7 @@ class MicroFaceNet(nn.Module):
         Returns expr (B, T, n) and pose (B, T, 3J) (the jaw from the DEM); vertices_init / vertices (B, T, V, 3) camera m; head-space versions;
         delta_head (B, T, V, 3); attention (B, T, V); intensity and attention_region (B, T, R); dpsi.
 
-        For long clips (backend/net/refine.py): ``expr_only`` runs the DEM alone; ``given_expr`` takes
+        For long clips (backend/net/apply.py): ``expr_only`` runs the DEM alone; ``given_expr`` takes
         ``fit_expr`` as the final expressions and ``flow_acc`` (B, T, S, S, 2) as the onset-to-t flow,
         so FLAME and the DGMD can run on a chunk of frames.
         """
@@ -157,9 +157,9 @@ def save_weights(net: MicroFaceNet, path: str | os.PathLike, provenance: dict) -
     return path
 
 
-def _config_from_json(text: str) -> ModelConfig:
+def _config_from_json(text: str) -> NetworkConfig:
     raw = json.loads(text)
-    return ModelConfig(**{**raw, "dgmd": DGMDConfig(**raw["dgmd"])})
+    return NetworkConfig(**{**raw, "dgmd": DGMDConfig(**raw["dgmd"])})
 
 
 def load_weights(path: str | os.PathLike, model: FlameModel, device: str = "cpu") -> MicroFaceNet:
