@@ -208,8 +208,9 @@ class ReaderConfig:
     alternations: int = 5           # rounds of alternating patterns and time courses
     smooth_s: float = 0.02          # Gaussian smoothing of the time courses, seconds
     # Regions moving under this fraction of the most-moving one keep (motion / that)² of it
-    # (flow_reader.region_focus); 0 = off. The region call's fraction (RegionCallConfig).
-    focus_fraction: float = 0.7
+    # (flow_reader.region_focus); 0 = off. Off by default: it damps a micro-expression that is not
+    # the clip's largest motion (held-out injected windows: 0.042 recovered with 0.7, docs/flow_reader.md).
+    focus_fraction: float = 0.0
     anchor_every_s: float = 1.0     # each frame's flow is read from an anchor frame this often (chains add up errors)
     min_facing: float = 0.3         # cosine between a point's normal and the view ray, below which it is left out
 
