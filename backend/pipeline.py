@@ -250,8 +250,8 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
                                          fit.shape, fit.trans, fit.intrinsics, inputs["valid"], cfg.photometric)
             photometric = {"prior_weight": float(cfg.photometric.prior_weight),
                            "frames": correction.frames_used if correction else 0}
-        vertices, vertices_init = refined["vertices"], refined["vertices_init"]
-        expr, pose = refined["expr"], refined["pose"]
+        vertices, vertices_init = refined.vertices, refined.vertices_init
+        expr, pose = refined.expr, refined.pose
 
     # Per-region intensity of the flow accumulated from the onset (Eq. 18) at each region's
     # projected centroid (Eq. 12), and its attention (Eq. 19-20): what the mesh deformation reads.
@@ -264,7 +264,7 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
     from .head.flame import FlameLayer, head_space
     from .head.regions import region_detection, region_motion
 
-    head = refined["vertices_head"] if refined is not None else head_space(FlameLayer(model), fit.shape, fit.expr,
+    head = refined.vertices_head if refined is not None else head_space(FlameLayer(model), fit.shape, fit.expr,
                                                                              fit.pose)
     motion = region_motion(head, model.region_labels, len(model.region_names))
     # The network's rule was calibrated on its own meshes; any other motion gets the configured one.

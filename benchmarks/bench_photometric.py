@@ -60,7 +60,7 @@ def main() -> int:
         refined = apply_network(net, sample, drift_sigma=ReconstructConfig().drift_sigma_s * meta["fps"])
 
         def score(r):
-            return micro_metrics(r["vertices"], gt_cam, r["vertices_head"], gt_head, model.region_labels,
+            return micro_metrics(r.vertices, gt_cam, r.vertices_head, gt_head, model.region_labels,
                                  model.region_names, meta["active_regions"], meta["onset"], meta["offset"], detection)
         row = {"network": score(refined)}
         for prior in priors:

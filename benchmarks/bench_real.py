@@ -99,10 +99,10 @@ def run_clip(video: str, net, model, end: int | None) -> tuple[dict, dict]:
     fit_head = head_space(FlameLayer(model), fe.fit.shape, fe.fit.expr, fe.fit.pose)
     rows = {
         "fit only": metrics(fe, inputs, fe.fit.vertices, fit_head, model, good, still),
-        "DEM only": metrics(fe, inputs, r["vertices_init"], r["vertices_init_head"], model, good, still),
-        "full": metrics(fe, inputs, r["vertices"], r["vertices_head"], model, good, still),
-        "full + photometric": metrics(fe, inputs, rp["vertices"], rp["vertices_head"], model, good, still),
-        "flow reader": metrics(fe, inputs, rd["vertices"], rd["vertices_head"], model, good, still),
+        "DEM only": metrics(fe, inputs, r.vertices_init, r.vertices_init_head, model, good, still),
+        "full": metrics(fe, inputs, r.vertices, r.vertices_head, model, good, still),
+        "full + photometric": metrics(fe, inputs, rp.vertices, rp.vertices_head, model, good, still),
+        "flow reader": metrics(fe, inputs, rd.vertices, rd.vertices_head, model, good, still),
     }
     info = {"frames": len(good), "good": int(good.sum()), "still_pairs": int(still.sum()), "photometric_s": seconds}
     return rows, info

@@ -60,7 +60,7 @@ def read_head(front, model, reader) -> np.ndarray:
     cfg = ReconstructConfig(device="cpu", reader=reader)
     r = read_motion(fe, model, cfg, flows=flows)
     meshes = parametric_meshes(model, fit, r.expr, r.pose, fe.clip.frame_indices, cfg.drift_sigma_s * fe.clip.fps)
-    return meshes["vertices_head"].astype(np.float64)
+    return meshes.vertices_head.astype(np.float64)
 
 
 def main() -> int:

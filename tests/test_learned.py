@@ -225,18 +225,19 @@ def test_chunked_refinement_equals_the_whole_window(flame_model):
               "lmk_mp": mp, "intrinsics": batch["intrinsics"][0].numpy(), "align": batch["align"][0].numpy(),
               **{k: batch[k][0].numpy() for k in ("fit_shape", "fit_expr", "fit_pose", "fit_trans")}}
     out = apply_network(net, sample, chunk=3)
-    np.testing.assert_allclose(out["vertices"], whole["vertices"][0].numpy(), atol=1e-6)
-    np.testing.assert_allclose(out["expr"], whole["expr"][0].numpy(), atol=1e-6)
+    np.testing.assert_allclose(out.vertices, whole["vertices"][0].numpy(), atol=1e-6)
+    np.testing.assert_allclose(out.expr, whole["expr"][0].numpy(), atol=1e-6)
+    np.testing.assert_allclose(out.attention_region, whole["attention_region"][0].numpy(), atol=1e-6)
     # With a drift sigma, the DEM's expression and jaw take the fit's slow part, then the deformation runs.
     sigma = 2.5
     anchored = apply_network(net, sample, drift_sigma=sigma, chunk=3)
     jaw = net.jaw
-    psi = np.concatenate([out["expr"], out["pose"][:, jaw]], 1)
+    psi = np.concatenate([out.expr, out.pose[:, jaw]], 1)
     fit_psi = np.concatenate([sample["fit_expr"], sample["fit_pose"][:, jaw]], 1)
     want = drift_from_fit(psi, fit_psi, np.arange(7), sigma)
-    np.testing.assert_allclose(anchored["expr"], want[:, :psi.shape[1] - 3], atol=1e-5)
-    np.testing.assert_allclose(anchored["pose"][:, jaw], want[:, -3:], atol=1e-5)
-    assert np.abs(anchored["expr"] - out["expr"]).max() > 1e-3   # it did change something
+    np.testing.assert_allclose(anchored.expr, want[:, :psi.shape[1] - 3], atol=1e-5)
+    np.testing.assert_allclose(anchored.pose[:, jaw], want[:, -3:], atol=1e-5)
+    assert np.abs(anchored.expr - out.expr).max() > 1e-3   # it did change something
 
 
 def test_drift_from_fit_known_answers():

@@ -112,6 +112,7 @@ def test_refine_photometric_keeps_the_network_output_when_the_prior_forbids_chan
     """With an overwhelming prior δ = 0: the corrected copy rebuilds the same meshes through FLAME
     (initial ones) and keeps the mesh deformation's offsets (final ones)."""
     from backend.head.flame import FlameLayer, head_space
+    from backend.net.apply import ClipMeshes
     from backend.net.photometric import correct_photometric
 
     t, n = 6, head_model.n_expr
@@ -126,8 +127,8 @@ def test_refine_photometric_keeps_the_network_output_when_the_prior_forbids_chan
         v_cam = layer(torch.as_tensor(shape), torch.as_tensor(expr), torch.as_tensor(pose), torch.as_tensor(trans))[0].numpy()
     v_head = head_space(layer, shape, expr, pose)
     offset = (1e-4 * rng.standard_normal(v_cam.shape[1:])).astype(np.float32)
-    refined = {"expr": expr, "pose": pose, "vertices_init": v_cam, "vertices_init_head": v_head,
-               "vertices": v_cam + offset, "vertices_head": v_head + offset}
+    refined = ClipMeshes(expr=expr, pose=pose, vertices=v_cam + offset, vertices_init=v_cam,
+                         vertices_head=v_head + offset, vertices_init_head=v_head)
     frames = rng.integers(0, 255, (t, 240, 320, 3), dtype=np.uint8)
     intr = np.array([500.0, 159.5, 119.5])
     cfg = dataclasses.replace(PhotometricConfig(), prior_weight=1e12)
@@ -135,8 +136,8 @@ def test_refine_photometric_keeps_the_network_output_when_the_prior_forbids_chan
     assert corr is not None and corr.frames_used == t - 1
     assert np.abs(corr.dpsi).max() < 1e-6
     for key in ("vertices", "vertices_init", "vertices_head", "vertices_init_head"):
-        assert np.abs(out[key] - refined[key]).max() < 1e-6, key
-    assert np.abs(out["expr"] - expr).max() < 1e-6
+        assert np.abs(getattr(out, key) - getattr(refined, key)).max() < 1e-6, key
+    assert np.abs(out.expr - expr).max() < 1e-6
 
 
 @pytest.mark.slow
@@ -161,7 +162,7 @@ def test_photometric_refinement_adds_to_the_network_on_a_held_out_clip(head_mode
                                    sample["intrinsics"], sample["valid"], PhotometricConfig())
 
     def score(r):
-        return micro_metrics(r["vertices"], gt_cam, r["vertices_head"], gt_head, head_model.region_labels,
+        return micro_metrics(r.vertices, gt_cam, r.vertices_head, gt_head, head_model.region_labels,
                              head_model.region_names, meta["active_regions"], meta["onset"], meta["offset"])
     before, after = score(refined), score(out)
     print(before.as_dict(), after.as_dict())

@@ -6,11 +6,45 @@ runs in chunks so long clips fit in memory.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
 from .dem import window_times
 from .network import MicroFaceNet, landmark_points
+
+
+@dataclass(frozen=True)
+class ClipMeshes:
+    """Expression, jaw and meshes of every frame of one processed clip, frame 0 the onset.
+
+    Made by :func:`apply_network` (the network) or :func:`parametric_meshes` (the flow reader's
+    ψ without it); backend/net/photometric.py returns a corrected copy. T frames, V vertices,
+    R face regions; every array is float32 numpy.
+
+    - expr (T, n_expr): FLAME expression coefficients (unitless).
+    - pose (T, 3J): axis-angle radians per joint, the fit's pose with the jaw read from the flow.
+    - vertices (T, V, 3): camera-space metres, the final meshes (after the mesh deformation).
+    - vertices_init (T, V, 3): camera-space metres, FLAME of expr and pose with the fit's identity
+      and translation, before the mesh deformation.
+    - vertices_head, vertices_init_head (T, V, 3): head-space metres (without the global and neck
+      rotation and the translation), final and initial.
+    - intensity (T, R): region flow accumulated from the onset, 224-crop pixels (Eq. 18); network only.
+    - attention_region (T, R): region attention in (0, 1) (Eq. 19-20); network only.
+
+    Without the network, the final meshes are the initial ones and intensity and attention_region
+    are None.
+    """
+
+    expr: np.ndarray
+    pose: np.ndarray
+    vertices: np.ndarray
+    vertices_init: np.ndarray
+    vertices_head: np.ndarray
+    vertices_init_head: np.ndarray
+    intensity: np.ndarray | None = None
+    attention_region: np.ndarray | None = None
 
 
 def drift_from_fit(psi: np.ndarray, fit_psi: np.ndarray, frame_indices: np.ndarray, sigma: float,
@@ -36,7 +70,7 @@ def drift_from_fit(psi: np.ndarray, fit_psi: np.ndarray, frame_indices: np.ndarr
 
 def apply_network(net: MicroFaceNet, sample: dict, frame_indices: np.ndarray | None = None,
                   drift_sigma: float = 0.0, chunk: int = 48,
-                  psi: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+                  psi: tuple[np.ndarray, np.ndarray] | None = None) -> ClipMeshes:
     """Run DEM -> FLAME -> DGMD on every frame of ``sample``.
 
     ``psi`` (expr (T, n), pose (T, 3J)): expression and jaw read elsewhere (backend/capture/flow_reader.py)
@@ -47,8 +81,7 @@ def apply_network(net: MicroFaceNet, sample: dict, frame_indices: np.ndarray | N
     source frames from the landmark fit (:func:`drift_from_fit`) before the mesh deformation. The
     ODE integrates the flow from the onset, so over a long clip its small errors add up; the fit
     tracks slow motion well, and micro-expressions are faster than half a second.
-    Returns float32 numpy: expr (T, n), pose (T, 3J) (its jaw from the DEM), vertices_init and vertices (T, V, 3) camera m, their head-space
-    twins, intensity and attention_region (T, R), with frame 0 the onset.
+    Returns every field of :class:`ClipMeshes`, the jaw in pose from the DEM (or ``psi``).
     """
     dev = next(net.parameters()).device
     t_count = len(sample["valid"])
@@ -82,18 +115,17 @@ def apply_network(net: MicroFaceNet, sample: dict, frame_indices: np.ndarray | N
             part["flow_acc"] = flow_acc[:, sl]
             outs.append(net(part, given_expr=True))
     keys = ("vertices", "vertices_init", "vertices_head", "vertices_init_head", "intensity", "attention_region")
-    res = {k: torch.cat([o[k] for o in outs], 1)[0].cpu().numpy().astype(np.float32) for k in keys}
-    res["expr"] = expr[0].cpu().numpy().astype(np.float32)
-    res["pose"] = pose[0].cpu().numpy().astype(np.float32)
-    return res
+    joined = {k: torch.cat([o[k] for o in outs], 1)[0].cpu().numpy().astype(np.float32) for k in keys}
+    return ClipMeshes(expr=expr[0].cpu().numpy().astype(np.float32), pose=pose[0].cpu().numpy().astype(np.float32),
+                      **joined)
 
 
 def parametric_meshes(model, fit, expr: np.ndarray, pose: np.ndarray, frame_indices: np.ndarray,
-                      drift_sigma: float = 0.0) -> dict[str, np.ndarray]:
+                      drift_sigma: float = 0.0) -> ClipMeshes:
     """The head with the fit's identity and rigid motion and the expression ``expr`` (T, n) and
-    jaw of ``pose`` (T, 3J) read without the network (backend/capture/flow_reader.py), in apply_network's
-    layout: expr, pose, vertices(_init) (T, V, 3) camera m and their head-space twins. Its drift
-    slower than ``drift_sigma`` source frames comes from the fit, as for the network."""
+    jaw of ``pose`` (T, 3J) read without the network (backend/capture/flow_reader.py), as
+    :class:`ClipMeshes` with no deformation (final meshes = initial ones, no intensity or attention).
+    Its drift slower than ``drift_sigma`` source frames comes from the fit, as for the network."""
     from ..head.flame import FlameLayer, head_space
 
     jaw = model.jaw_pose_slice()
@@ -108,5 +140,6 @@ def parametric_meshes(model, fit, expr: np.ndarray, pose: np.ndarray, frame_indi
         cam, _ = layer(f32(fit.shape)[None].expand(len(expr), -1), f32(expr), f32(pose), f32(fit.trans))
     head = head_space(layer, fit.shape, expr, pose)
     cam = cam.numpy().astype(np.float32)
-    return {"expr": np.asarray(expr, np.float32), "pose": np.asarray(pose, np.float32), "vertices": cam,
-            "vertices_init": cam, "vertices_head": head.astype(np.float32), "vertices_init_head": head.astype(np.float32)}
+    return ClipMeshes(expr=np.asarray(expr, np.float32), pose=np.asarray(pose, np.float32), vertices=cam,
+                      vertices_init=cam, vertices_head=head.astype(np.float32),
+                      vertices_init_head=head.astype(np.float32))

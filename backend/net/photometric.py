@@ -18,12 +18,13 @@ frame, as the network reads it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from ..config import PhotometricConfig
+from .apply import ClipMeshes
 
 _MARGIN_PX = 8      # around the face's box over all frames: the Sobel kernel and a few pixels of motion
 
@@ -194,9 +195,9 @@ def fit_correction(frames: np.ndarray, vertices: np.ndarray, vertices_head: np.n
     return Correction(dpsi.numpy(), profile, len(use))
 
 
-def correct_photometric(frames: np.ndarray, refined: dict[str, np.ndarray], model, shape: np.ndarray,
+def correct_photometric(frames: np.ndarray, refined: ClipMeshes, model, shape: np.ndarray,
                        trans: np.ndarray, intrinsics: np.ndarray, valid: np.ndarray,
-                       cfg: PhotometricConfig) -> tuple[dict[str, np.ndarray], Correction | None]:
+                       cfg: PhotometricConfig) -> tuple[ClipMeshes, Correction | None]:
     """The network's output ``refined`` (backend.net.apply.apply_network) corrected by :func:`fit_correction`.
 
     frames (T, H, W, 3) uint8 RGB, the same frames; shape (n_shape,), trans (T, 3) metres: the fit's
@@ -209,9 +210,9 @@ def correct_photometric(frames: np.ndarray, refined: dict[str, np.ndarray], mode
     from ..head.flame import HEAD_MOTION, FlameLayer, head_space
 
     layer = FlameLayer(model).double()
-    jaw, n = model.jaw_pose_slice(), refined["expr"].shape[1]
+    jaw, n = model.jaw_pose_slice(), refined.expr.shape[1]
     f64 = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float64)  # noqa: E731
-    pose0 = f64(refined["pose"][0]).clone()
+    pose0 = f64(refined.pose[0]).clone()
     pose0[HEAD_MOTION] = 0.0
 
     def head(psi):
@@ -219,22 +220,25 @@ def correct_photometric(frames: np.ndarray, refined: dict[str, np.ndarray], mode
         p[jaw] = psi[n:]
         return layer(f64(shape)[None], psi[None, :n], p[None])[0][0]
 
-    psi0 = torch.cat([f64(refined["expr"][0]), pose0[jaw]])
+    psi0 = torch.cat([f64(refined.expr[0]), pose0[jaw]])
     jac_head = jacfwd(head)(psi0).numpy()                                             # (V, 3, P)
-    corr = fit_correction(frames, refined["vertices"], refined["vertices_head"], jac_head, intrinsics,
+    corr = fit_correction(frames, refined.vertices, refined.vertices_head, jac_head, intrinsics,
                           np.asarray(model.faces), model.region_labels >= 0, valid, cfg)
     if corr is None:
         return refined, None
-    out = dict(refined)
     step = corr.profile[:, None] * corr.dpsi[None]                                    # (T, P)
-    out["expr"] = (refined["expr"] + step[:, :n]).astype(np.float32)
-    out["pose"] = refined["pose"].copy()
-    out["pose"][:, jaw] += step[:, n:].astype(np.float32)
+    expr = (refined.expr + step[:, :n]).astype(np.float32)
+    pose = refined.pose.copy()
+    pose[:, jaw] += step[:, n:].astype(np.float32)
     with torch.no_grad():
-        v_cam, _ = layer(f64(shape)[None].expand(len(step), -1), f64(out["expr"]), f64(out["pose"]), f64(trans))
-    v_head = head_space(layer, shape, out["expr"], out["pose"])
-    for key, new in (("vertices", v_cam.numpy()), ("vertices_head", v_head)):
-        init = key.replace("vertices", "vertices_init")
-        out[init] = new.astype(np.float32)
-        out[key] = (out[init] + (refined[key] - refined[init])).astype(np.float32)
-    return out, corr
+        v_cam, _ = layer(f64(shape)[None].expand(len(step), -1), f64(expr), f64(pose), f64(trans))
+    v_head = head_space(layer, shape, expr, pose)
+
+    def rebuilt(new, final, init):   # the new initial mesh, and it plus the deformation's old offsets
+        new = new.astype(np.float32)
+        return new, (new + (final - init)).astype(np.float32)
+
+    cam_init, cam = rebuilt(v_cam.numpy(), refined.vertices, refined.vertices_init)
+    head_init, head_final = rebuilt(v_head, refined.vertices_head, refined.vertices_init_head)
+    return replace(refined, expr=expr, pose=pose, vertices=cam, vertices_init=cam_init,
+                   vertices_head=head_final, vertices_init_head=head_init), corr

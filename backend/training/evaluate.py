@@ -105,8 +105,8 @@ def method_meshes(sample: dict, layer, nets: dict) -> dict[str, tuple[np.ndarray
     for name, net in nets.items():
         r = apply_network(net, sample, drift_sigma=drift_sigma)
         if name == "full":
-            preds["DEM only"] = (r["vertices_init"], r["vertices_init_head"])
-        preds[name] = (r["vertices"], r["vertices_head"])
+            preds["DEM only"] = (r.vertices_init, r.vertices_init_head)
+        preds[name] = (r.vertices, r.vertices_head)
     return preds
 
 
