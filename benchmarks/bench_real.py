@@ -3,7 +3,7 @@ photometric refinement (backend/net/photometric.py), which is forced here onto t
 pipeline runs it only on ranges of at most PhotometricConfig.max_seconds), and the flow reader
 (backend/capture/flow_reader.py) on the fit.
 
-    .venv/bin/python benchmarks/bench_real.py [VIDEO ...] [--end N] [--weights PATH]
+    .venv/bin/python benchmarks/bench_real.py [VIDEO ...] [--end N] [--weights PATH] [--no-network]
 
 Per clip, the frontend runs once (landmarks, alignment, flow, the static fit) and the shipped
 network refines its output, so the three methods see the same inputs. Metrics, over frames with
@@ -87,23 +87,23 @@ def run_clip(video: str, net, model, end: int | None) -> tuple[dict, dict]:
     lms = detect_landmarks(clip, cfg.landmarks)
     fe = run_frontend(clip, lms, model, cfg)
     inputs = network_inputs(fe)
-    r = apply_network(net, inputs, clip.frame_indices, cfg.drift_sigma_s * clip.fps)
-    t0 = time.perf_counter()
-    rp, _ = correct_photometric(clip.frames, r, model, fe.fit.shape, fe.fit.trans, fe.fit.intrinsics,
-                               inputs["valid"], cfg.photometric)
-    seconds = time.perf_counter() - t0
     reading = read_motion(fe, model, cfg)
     rd = parametric_meshes(model, fe.fit, reading.expr, reading.pose, clip.frame_indices, cfg.drift_sigma_s * clip.fps)
     good = lms.valid & ~lms.occluded & ~lms.outlier
     still = still_pairs(fe.flow, good)
     fit_head = head_space(FlameLayer(model), fe.fit.shape, fe.fit.expr, fe.fit.pose)
-    rows = {
-        "fit only": metrics(fe, inputs, fe.fit.vertices, fit_head, model, good, still),
-        "DEM only": metrics(fe, inputs, r.vertices_init, r.vertices_init_head, model, good, still),
-        "full": metrics(fe, inputs, r.vertices, r.vertices_head, model, good, still),
-        "full + photometric": metrics(fe, inputs, rp.vertices, rp.vertices_head, model, good, still),
-        "flow reader": metrics(fe, inputs, rd.vertices, rd.vertices_head, model, good, still),
-    }
+    rows = {"fit only": metrics(fe, inputs, fe.fit.vertices, fit_head, model, good, still),
+            "flow reader": metrics(fe, inputs, rd.vertices, rd.vertices_head, model, good, still)}
+    seconds = float("nan")
+    if net is not None:
+        r = apply_network(net, inputs, clip.frame_indices, cfg.drift_sigma_s * clip.fps)
+        t0 = time.perf_counter()
+        rp, _ = correct_photometric(clip.frames, r, model, fe.fit.shape, fe.fit.trans, fe.fit.intrinsics,
+                                    inputs["valid"], cfg.photometric)
+        seconds = time.perf_counter() - t0
+        rows |= {"DEM only": metrics(fe, inputs, r.vertices_init, r.vertices_init_head, model, good, still),
+                 "full": metrics(fe, inputs, r.vertices, r.vertices_head, model, good, still),
+                 "full + photometric": metrics(fe, inputs, rp.vertices, rp.vertices_head, model, good, still)}
     info = {"frames": len(good), "good": int(good.sum()), "still_pairs": int(still.sum()), "photometric_s": seconds}
     return rows, info
 
@@ -113,13 +113,14 @@ def main() -> int:
     ap.add_argument("videos", nargs="*", default=[str(v) for v in VIDEOS])
     ap.add_argument("--end", type=int, help="last source frame (a shorter run)")
     ap.add_argument("--weights", default=str(ROOT / "weights" / "microface.pt"))
+    ap.add_argument("--no-network", action="store_true", help="the fit and the flow reader only (the default product)")
     args = ap.parse_args()
 
     from backend.head.flame import load_flame
     from backend.net.network import load_weights
 
     model = load_flame()
-    net = load_weights(args.weights, model)
+    net = None if args.no_network else load_weights(args.weights, model)
     cols = ("reproj_px", "reproj_pct_eyes", "still_jitter_mm", "photo_l1")
     print("| clip | method | " + " | ".join(cols) + " |")
     print("|---|---|" + "---|" * len(cols))
