@@ -222,12 +222,12 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
         reader_info = {"points": reading.points, "residual_px": round(reading.residual_px, 4),
                        "patterns": int(len(reading.patterns)), "prior_weight": round(reading.prior_weight, 4),
                        "noise_mm": round(reading.noise_mm, 5)}
-    refined = None
+    meshes = None
     if net is not None:
         from .net.apply import apply_network
 
-        refined = _timed(timings, "refine", apply_network, net, inputs, clip.frame_indices, drift,
-                         psi=(reading.expr, reading.pose) if reading else None)
+        meshes = _timed(timings, "network", apply_network, net, inputs, clip.frame_indices, drift,
+                        psi=(reading.expr, reading.pose) if reading else None)
         used = cfg.flow.recipe()
         if net.trained_flow is not None and net.trained_flow != used:
             warnings.append(f"the network was trained on {net.trained_flow['method']} flow at "
@@ -236,8 +236,8 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
     elif reading is not None:
         from .net.apply import parametric_meshes
 
-        refined = parametric_meshes(model, fit, reading.expr, reading.pose, clip.frame_indices, drift)
-    if refined is not None:
+        meshes = parametric_meshes(model, fit, reading.expr, reading.pose, clip.frame_indices, drift)
+    if meshes is not None:
         seconds = (len(clip.frames) - 1) / clip.fps
         if cfg.photometric.enabled and seconds > cfg.photometric.max_seconds:
             warnings.append(f"photometric refinement skipped: the range lasts {seconds:.2f} s and it corrects one "
@@ -246,12 +246,12 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
         elif cfg.photometric.enabled:
             from .net.photometric import correct_photometric
 
-            refined, correction = _timed(timings, "photometric", correct_photometric, clip.frames, refined, model,
-                                         fit.shape, fit.trans, fit.intrinsics, inputs["valid"], cfg.photometric)
+            meshes, correction = _timed(timings, "photometric", correct_photometric, clip.frames, meshes, model,
+                                        fit.shape, fit.trans, fit.intrinsics, inputs["valid"], cfg.photometric)
             photometric = {"prior_weight": float(cfg.photometric.prior_weight),
                            "frames": correction.frames_used if correction else 0}
-        vertices, vertices_init = refined.vertices, refined.vertices_init
-        expr, pose = refined.expr, refined.pose
+        vertices, vertices_init = meshes.vertices, meshes.vertices_init
+        expr, pose = meshes.expr, meshes.pose
 
     # Per-region intensity of the flow accumulated from the onset (Eq. 18) at each region's
     # projected centroid (Eq. 12), and its attention (Eq. 19-20): what the mesh deformation reads.
@@ -264,8 +264,8 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
     from .head.flame import FlameLayer, head_space
     from .head.regions import region_detection, region_motion
 
-    head = refined.vertices_head if refined is not None else head_space(FlameLayer(model), fit.shape, fit.expr,
-                                                                             fit.pose)
+    head = meshes.vertices_head if meshes is not None else head_space(FlameLayer(model), fit.shape, fit.expr,
+                                                                           fit.pose)
     motion = region_motion(head, model.region_labels, len(model.region_names))
     # The network's rule was calibrated on its own meshes; any other motion gets the configured one.
     rule = (cfg.regions.fraction, cfg.regions.floor_mm, cfg.regions.noise_factor)
@@ -299,7 +299,7 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
         "refined": bool(cfg.network),
         "weights": weights_info,
         **({"reader": reader_info} if reader_info else {}),
-        **({"drift_sigma_s": float(cfg.drift_sigma_s)} if refined is not None else {}),
+        **({"drift_sigma_s": float(cfg.drift_sigma_s)} if meshes is not None else {}),
         "region_detection": detection,
         "face_px": round(float(face_px), 1),
         **({"photometric": photometric} if photometric else {}),

@@ -52,7 +52,7 @@ def main() -> int:
           f" device {res.meta['device']}, flow {cfg.flow.method} x{cfg.flow.supersample}, torch {torch.__version__}, {platform.processor() or platform.machine()},"
           f" {torch.get_num_threads()} threads")
     print(f"{'stage':<12}{'seconds':>10}{'frames/s':>12}")
-    for stage in ("load_model", "decode", "landmarks", "align", "flow", "fit", "refine", "write"):
+    for stage in ("load_model", "decode", "landmarks", "align", "flow", "fit", "reader", "network", "write"):
         s = timings.get(stage, float("nan"))
         frames = n - 1 if stage == "flow" else n
         fps = frames / s if stage not in ("load_model", "write") and s > 0 else float("nan")
