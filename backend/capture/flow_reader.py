@@ -117,24 +117,6 @@ def motion_noise_mm2(per_frame: np.ndarray, solved: np.ndarray, gram: np.ndarray
     return float(np.median(np.einsum("tp,pq,tq->t", d, gram, d)) / 2.0)
 
 
-def region_focus(dpsi: np.ndarray, basis_mm: np.ndarray, labels: np.ndarray, n_regions: int,
-                 gram: np.ndarray, fraction: float) -> np.ndarray:
-    """(P, P) the map M that takes the read change dpsi (T, P) to one whose motion keeps each
-    region r at the share w_r = min(1, m_r / (fraction · max m))² of its read motion, m_r the
-    region's peak mean motion (mm): the least-squares M Δψ ≈ w ⊙ (basis Δψ) over the face, in
-    closed form gram⁻¹ Σ_r w_r gram_r. A micro-expression moves one or a few regions; what the
-    flow shows in the others is mostly noise. basis_mm (V, 3, P) face vertices' motion per unit ψ,
-    mm; labels (V,) their region; gram (P, P) the face's mean squared motion (= Σ_r gram_r)."""
-    motion = np.linalg.norm(np.einsum("vcp,tp->tvc", basis_mm, dpsi), axis=-1)                # (T, V) mm
-    peak = np.array([motion[:, labels == r].mean(1).max() if (labels == r).any() else 0.0
-                     for r in range(n_regions)])
-    w = np.minimum(1.0, peak / max(fraction * peak.max(), 1e-12)) ** 2
-    flat = basis_mm.reshape(len(labels), 3, -1)
-    weighted = np.einsum("v,vcp,vcq->pq", w[labels], flat, flat) / len(labels)                # Σ_r w_r gram_r
-    ridge = 1e-9 * np.trace(gram) * np.eye(len(gram))
-    return np.linalg.solve(gram + ridge, weighted)
-
-
 def _solve_frames(prior_psi: np.ndarray, cam: np.ndarray, jac_head: np.ndarray, rotations: np.ndarray,
                   track: np.ndarray, inside: np.ndarray, valid: np.ndarray, intrinsics: np.ndarray,
                   align: np.ndarray, cfg: ReaderConfig):
@@ -302,11 +284,6 @@ def read_flow(model: FlameModel, flow: np.ndarray, align: np.ndarray, intrinsics
     for j in range(k):
         courses[:, j] = np.interp(every, every[known], courses[known, j])
     courses = _gaussian_smooth(courses, every / float(fps), cfg.smooth_s)
-    if cfg.focus_fraction > 0:
-        patterns = region_focus(courses @ patterns.T, jac_head[face] * MM, model.region_labels[face],
-                                len(model.region_names), gram, cfg.focus_fraction) @ patterns
-        scale = np.sqrt(np.maximum(np.einsum("pk,pq,qk->k", patterns, gram, patterns), 1e-30))
-        patterns, courses = patterns / scale[None], courses * scale[None]   # 1 mm rms patterns again
     dpsi = courses @ patterns.T                                                            # (T, P)
     residual = float(np.median(np.concatenate(residuals))) if residuals else float("nan")
 
