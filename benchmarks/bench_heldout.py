@@ -142,7 +142,8 @@ def score(clip: FamilyClip, method: Method, layer, runs: Path, fresh: bool) -> d
     return {"recovered": m.recovered_fraction, "active error": m.motion_error_active_mm,
             "true motion": m.true_motion_active_mm, "invented, still": m.invented_still_mm, "region call": call,
             "jitter before onset": m.jitter_pre_onset_mm if clip.reference_path is None else float("nan"),
-            "correlation": correlation(head, true, active, clip.onset, clip.offset)}
+            "correlation": correlation(head, true, active, clip.onset, clip.offset),
+            "face px": float(meta.get("face_px", float("nan")))}   # of the video's own result
 
 
 def pixel_ceiling(clips: list[FamilyClip], layer) -> tuple[float, dict[str, float]]:

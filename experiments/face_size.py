@@ -27,7 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_heldout import METHODS, reconstruct, score  # noqa: E402
+from benchmarks.bench_heldout import METHODS, score  # noqa: E402
 from benchmarks.families import FamilyClip, family_clips  # noqa: E402
 
 WIDTHS = (240, 160, 110, 80, 55, 40, 28)
@@ -86,7 +86,6 @@ def main() -> int:
     ap.add_argument("--work", default="/work/data/microface/face_size", help="downscaled clips and their results")
     args = ap.parse_args()
 
-    from backend.contract.result import read_result
     from backend.head.flame import FlameLayer, load_flame
 
     layer = FlameLayer(load_flame())
@@ -105,7 +104,7 @@ def main() -> int:
                     print(f"  {family} {clip.name} {w:.0f} px: {exc}", flush=True)
                     rows.append((family, w, float("nan"), float("nan"), float("nan")))
                     continue
-                px = float(read_result(reconstruct(c.video_path, c, method, work / "runs", False)).meta["face_px"])
+                px = s["face px"]
                 rows.append((family, w, px, s["recovered"], s["correlation"]))
                 print(f"  {family} {clip.name}: {w or full:.0f} px (reported {px:.0f}), recovered "
                       f"{s['recovered']:.3f}, correlation {s['correlation']:.3f}", flush=True)
