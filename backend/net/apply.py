@@ -138,8 +138,7 @@ def parametric_meshes(model, fit, expr: np.ndarray, pose: np.ndarray, frame_indi
     f32 = lambda a: torch.as_tensor(np.asarray(a, np.float32))  # noqa: E731
     with torch.no_grad():
         cam, _ = layer(f32(fit.shape)[None].expand(len(expr), -1), f32(expr), f32(pose), f32(fit.trans))
-    head = head_space(layer, fit.shape, expr, pose)
+    head = head_space(layer, fit.shape, expr, pose).astype(np.float32)
     cam = cam.numpy().astype(np.float32)
     return ClipMeshes(expr=np.asarray(expr, np.float32), pose=np.asarray(pose, np.float32), vertices=cam,
-                      vertices_init=cam, vertices_head=head.astype(np.float32),
-                      vertices_init_head=head.astype(np.float32))
+                      vertices_init=cam, vertices_head=head, vertices_init_head=head)
