@@ -208,6 +208,10 @@ class ReaderConfig:
     patterns: int = 8               # spatial patterns of the micro-expression, each with its time course
     alternations: int = 5           # rounds of alternating patterns and time courses
     smooth_s: float = 0.02          # Gaussian smoothing of the time courses, seconds
+    # The prior pulls each frame's change towards the share of the fit's own change (from the
+    # landmarks) that the flow confirms, at most this (0 = towards no change). Chosen on the
+    # training clips of all three families (docs/flow_reader.md).
+    fit_prior: float = 1.0
     anchor_every_s: float = 1.0     # each frame's flow is read from an anchor frame this often (chains add up errors)
     min_facing: float = 0.3         # cosine between a point's normal and the view ray, below which it is left out
 

@@ -221,7 +221,7 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
         reading = read_motion(fe, model, cfg, progress, timings)
         reader_info = {"points": reading.points, "residual_px": round(reading.residual_px, 4),
                        "patterns": int(len(reading.patterns)), "prior_weight": round(reading.prior_weight, 4),
-                       "noise_mm": round(reading.noise_mm, 5)}
+                       "noise_mm": round(reading.noise_mm, 5), "fit_share": round(reading.fit_share, 4)}
     meshes = None
     if net is not None:
         from .net.apply import apply_network

@@ -10,8 +10,11 @@ r_t = p_t - q_t, is explained through the linearised projection of the fitted me
 
 Δψ_t the change of expression and jaw from the onset and δ_t a small rigid correction of the
 fitted pose (rotation about the face's centre, translation), solved per frame by iteratively
-reweighted least squares (Huber) with the prior λ Δψᵀ B Δψ, B the Gram of the motion Δψ causes in
-mm over the face (from the model's own blendshapes, so it suits PCA and 0..1 targets alike). λ
+reweighted least squares (Huber) with the prior λ (Δψ - μ)ᵀ B (Δψ - μ), B the Gram of the motion Δψ causes in
+mm over the face (from the model's own blendshapes, so it suits PCA and 0..1 targets alike). μ_t
+is the share of the fit's own change (from the landmarks) that the flow confirms: the least-squares
+gain of that change in the per-frame normal equations, in [0, fit_prior], so where both see the
+motion the prior no longer shrinks it, and a fit the flow contradicts is not followed. λ
 follows the clip's own noise: max(prior_weight, noise_weight · σ²), σ² the frame-to-frame scatter
 of the per-frame solutions at a reference λ (:func:`motion_noise_mm2`), so a noisy camera gets
 a stronger prior and a clean one reads small motion.
@@ -49,6 +52,7 @@ class FlowReading:
     residual_px: float      # median |r_t - model| over points and frames, 224-crop px
     prior_weight: float     # the prior's weight λ used (ReaderConfig: from the clip's noise)
     noise_mm: float         # the clip's frame-to-frame noise of the per-frame motion, mm rms over the face
+    fit_share: float = 0.0  # the share of the fit's own change the prior pulls towards (ReaderConfig.fit_prior)
 
 
 def _sample_flow(flow: torch.Tensor, p: torch.Tensor, crop_size: float) -> torch.Tensor:
@@ -79,17 +83,19 @@ def _project_crop(x: np.ndarray, intrinsics: np.ndarray, align: np.ndarray) -> n
 
 
 def _irls(a: np.ndarray, r: np.ndarray, prior: np.ndarray, huber_px: float,
-          iters: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """argmin_u Σ_n ρ(|r_n - a_n u|) / N + uᵀ prior u, Huber ρ of scale ``huber_px``.
+          iters: int, prior_rhs: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """argmin_u Σ_n ρ(|r_n - a_n u|) / N + uᵀ prior u - 2 uᵀ prior_rhs, Huber ρ of scale ``huber_px``
+    (prior_rhs = prior μ centres the prior on μ).
 
-    a (N, 2, U), r (N, 2), prior (U, U). Returns u (U,), the per-point residual norms (N,) and
+    a (N, 2, U), r (N, 2), prior (U, U), prior_rhs (U,) or None. Returns u (U,), the per-point residual norms (N,) and
     the final robust weights (N,)."""
     n = len(r)
     w = np.ones(n)
     af, rf = a.reshape(2 * n, -1), r.reshape(-1)
     for _ in range(iters):
         ww = np.repeat(w, 2) / n
-        u = np.linalg.solve((af * ww[:, None]).T @ af + prior, (af * ww[:, None]).T @ rf)
+        rhs = (af * ww[:, None]).T @ rf
+        u = np.linalg.solve((af * ww[:, None]).T @ af + prior, rhs if prior_rhs is None else rhs + prior_rhs)
         res = np.linalg.norm(r - a @ u, axis=1)
         w = np.minimum(1.0, huber_px / np.maximum(res, 1e-12))
     return u, res, w
@@ -119,7 +125,7 @@ def motion_noise_mm2(per_frame: np.ndarray, solved: np.ndarray, gram: np.ndarray
 
 def _solve_frames(prior_psi: np.ndarray, cam: np.ndarray, jac_head: np.ndarray, rotations: np.ndarray,
                   track: np.ndarray, inside: np.ndarray, valid: np.ndarray, intrinsics: np.ndarray,
-                  align: np.ndarray, cfg: ReaderConfig):
+                  align: np.ndarray, cfg: ReaderConfig, prior_mean: np.ndarray | None = None):
     """Per frame: IRLS on the full ψ with the prior ``prior_psi`` (P, P), then its normal equations
     with the rigid correction eliminated (Schur complement), which the low-rank stage reuses.
 
@@ -149,7 +155,8 @@ def _solve_frames(prior_psi: np.ndarray, cam: np.ndarray, jac_head: np.ndarray, 
                                 np.einsum("nij,njk->nik", jc, rigid_jacobian(torch.as_tensor(x)).numpy())],
                                2)[keep]                                                         # (N, 2, P + 6)
             r = (track[t] - _project_crop(x, intrinsics, align[t]))[keep]
-            u, res, wts = _irls(a, r, prior, cfg.huber_px, cfg.iterations)
+            pr = None if prior_mean is None else np.concatenate([prior_psi @ prior_mean[t], np.zeros(6)])
+            u, res, wts = _irls(a, r, prior, cfg.huber_px, cfg.iterations, pr)
             if rigid_pass + 1 < cfg.rigid_passes:
                 # Move the head by the rigid correction and linearise again there: a turn of a
                 # degree leaves second-order residuals the size of a micro-expression.
@@ -244,13 +251,24 @@ def read_flow(model: FlameModel, flow: np.ndarray, align: np.ndarray, intrinsics
     # The prior's weight follows the clip's own noise: the frame-to-frame scatter of the
     # per-frame solutions (at a reference weight) is mostly flow noise, and a noisy clip needs a
     # stronger prior to keep it out of the read motion.
-    solve = lambda weight: _solve_frames(weight * gram, cam[:, idx], jac_head[idx], rotations, track, inside,  # noqa: E731
-                                         valid, intrinsics, align, cfg)
-    frames_ref = solve(cfg.noise_reference_weight) if cfg.noise_weight > 0 else None
-    noise_mm2 = 0.0 if frames_ref is None else motion_noise_mm2(frames_ref[0], frames_ref[3], gram)
+    solve = lambda weight, mean=None: _solve_frames(weight * gram, cam[:, idx], jac_head[idx], rotations, track,  # noqa: E731
+                                                    inside, valid, intrinsics, align, cfg, mean)
+    frames_ref = solve(cfg.noise_reference_weight) if cfg.noise_weight > 0 or cfg.fit_prior > 0 else None
+    noise_mm2 = 0.0 if frames_ref is None or cfg.noise_weight <= 0 else motion_noise_mm2(frames_ref[0], frames_ref[3], gram)
     weight = max(cfg.prior_weight, cfg.noise_weight * noise_mm2)
-    per_frame, hess, grad, solved, residuals = (frames_ref if frames_ref is not None and weight == cfg.noise_reference_weight
-                                                else solve(weight))
+    # The prior pulls towards the share of the fit's own change (landmarks) that the flow confirms:
+    # the least-squares gain of that change in the flow's normal equations, at most fit_prior.
+    fit_change = np.concatenate([expr, pose[:, jaw]], 1).astype(np.float64) - psi0.numpy()[None]
+    fit_share, mean = 0.0, None
+    if cfg.fit_prior > 0 and frames_ref[3].any():
+        _, h_ref, g_ref, ok, _ = frames_ref
+        d = fit_change[ok]
+        seen = float(np.einsum("tp,tpq,tq->", d, h_ref[ok], d))
+        if seen > 0:
+            fit_share = float(np.clip(np.einsum("tp,tp->", d, g_ref[ok]) / seen, 0.0, cfg.fit_prior))
+        mean = fit_share * fit_change if fit_share > 0 else None
+    per_frame, hess, grad, solved, residuals = (frames_ref if frames_ref is not None and mean is None
+                                                and weight == cfg.noise_reference_weight else solve(weight, mean))
 
     # A few patterns with their own time courses: alternate least squares on
     # Σ_t data_t(U c_t) + λ |U c_t|²_B, started from the per-frame solutions' strongest directions.
@@ -260,6 +278,8 @@ def read_flow(model: FlameModel, flow: np.ndarray, align: np.ndarray, intrinsics
     k = max(1, min(cfg.patterns, len(vt)))
     patterns = np.linalg.solve(root.T, vt[:k].T)                                           # (P, K)
     lam_b = weight * gram
+    if mean is not None:        # the prior's pull towards the fit's change, in the normal equations
+        grad = grad + np.einsum("pq,tq->tp", lam_b, mean)
     courses = np.zeros((t_count, k))
     frames = np.flatnonzero(solved)
     for _ in range(cfg.alternations):
@@ -294,5 +314,5 @@ def read_flow(model: FlameModel, flow: np.ndarray, align: np.ndarray, intrinsics
     return FlowReading(expr=out_expr.astype(np.float32), pose=out_pose.astype(np.float32),
                        dpsi=dpsi.astype(np.float32), patterns=patterns.T.astype(np.float32),
                        courses=courses.astype(np.float32), points=len(idx), residual_px=residual,
-                       prior_weight=float(weight), noise_mm=float(np.sqrt(noise_mm2)))
+                       prior_weight=float(weight), noise_mm=float(np.sqrt(noise_mm2)), fit_share=fit_share)
 

@@ -82,6 +82,7 @@ class Window:
     start: int      # first source frame
     count: int      # frames
     seed: int
+    draw: int = 0   # > 0: another draw of the motion on the same frames (its own seed and folder)
 
     @property
     def end(self) -> int:
@@ -89,7 +90,8 @@ class Window:
 
     @property
     def name(self) -> str:
-        return f"{Path(self.clip).stem}_{self.start:05d}_n{self.count}"
+        base = f"{Path(self.clip).stem}_{self.start:05d}_n{self.count}"
+        return f"{base}_d{self.draw}" if self.draw else base
 
 
 # Frames per clip, and the windows held out from training (face valid in every frame: checked on
@@ -120,6 +122,10 @@ TRAINING_WINDOWS: tuple[Window, ...] = (
     Window("WolfgangLanger_Pexels.mp4", 402, 28, 800005),
     Window("clip_01_tears_of_steel.mp4", 98, 16, 800006),
 )
+# Two more draws of the motion (regions, direction, size, timing) on each training window's frames,
+# seed + 1000 x draw (tears_of_steel's draw 2 has no reachable peak for its regions: draw 3 instead).
+TRAINING_WINDOWS += tuple(Window(w.clip, w.start, w.count, w.seed + 1000 * d, draw=d)
+                          for w in TRAINING_WINDOWS for d in ((1, 3) if w.start == 98 else (1, 2)))
 
 
 def overlaps_heldout(clip: str, start: int, count: int) -> bool:
