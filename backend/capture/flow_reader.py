@@ -271,7 +271,7 @@ def read_flow(model: FlameModel, flow: np.ndarray, align: np.ndarray, intrinsics
                                                 and weight == cfg.noise_reference_weight else solve(weight, mean))
 
     # A few patterns with their own time courses: alternate least squares on
-    # Σ_t data_t(U c_t) + λ |U c_t|²_B, started from the per-frame solutions' strongest directions.
+    # Σ_t data_t(U c_t) + λ |U c_t - μ_t|²_B, started from the per-frame solutions' strongest directions.
     evals, evecs = np.linalg.eigh(gram)
     root = evecs * np.sqrt(np.maximum(evals, 1e-12 * evals.max()))                       # gram = root rootᵀ
     _, _, vt = np.linalg.svd(per_frame @ root, full_matrices=False)
