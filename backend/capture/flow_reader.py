@@ -123,6 +123,18 @@ def motion_noise_mm2(per_frame: np.ndarray, solved: np.ndarray, gram: np.ndarray
     return float(np.median(np.einsum("tp,pq,tq->t", d, gram, d)) / 2.0)
 
 
+def confirmed_share(change: np.ndarray, hess: np.ndarray, grad: np.ndarray, solved: np.ndarray,
+                    cap: float) -> float:
+    """The least-squares gain s of a per-frame change (T, P) in the flow's normal equations
+    (hess (T, P, P), grad (T, P), over the solved (T,) frames): argmin_s Σ_t data_t(s · change_t),
+    clipped to [0, cap]. 0 when the flow sees none of the change."""
+    d = change[solved]
+    seen = float(np.einsum("tp,tpq,tq->", d, hess[solved], d))
+    if not seen > 0:
+        return 0.0
+    return float(np.clip(np.einsum("tp,tp->", d, grad[solved]) / seen, 0.0, cap))
+
+
 def _solve_frames(prior_psi: np.ndarray, cam: np.ndarray, jac_head: np.ndarray, rotations: np.ndarray,
                   track: np.ndarray, inside: np.ndarray, valid: np.ndarray, intrinsics: np.ndarray,
                   align: np.ndarray, cfg: ReaderConfig, prior_mean: np.ndarray | None = None):
@@ -149,14 +161,14 @@ def _solve_frames(prior_psi: np.ndarray, cam: np.ndarray, jac_head: np.ndarray, 
         if not valid[t] or keep.sum() < _MIN_POINTS:
             continue
         x, rot = cam[t], rotations[t]
+        pull = None if prior_mean is None else np.concatenate([prior_psi @ prior_mean[t], np.zeros(6)])
         for rigid_pass in range(cfg.rigid_passes):
             jc = _crop_jacobian(x, intrinsics, align[t])                                   # (N, 2, 3)
             a = np.concatenate([np.einsum("nij,jk,nkp->nip", jc, rot, jac_head),
                                 np.einsum("nij,njk->nik", jc, rigid_jacobian(torch.as_tensor(x)).numpy())],
                                2)[keep]                                                         # (N, 2, P + 6)
             r = (track[t] - _project_crop(x, intrinsics, align[t]))[keep]
-            pr = None if prior_mean is None else np.concatenate([prior_psi @ prior_mean[t], np.zeros(6)])
-            u, res, wts = _irls(a, r, prior, cfg.huber_px, cfg.iterations, pr)
+            u, res, wts = _irls(a, r, prior, cfg.huber_px, cfg.iterations, pull)
             if rigid_pass + 1 < cfg.rigid_passes:
                 # Move the head by the rigid correction and linearise again there: a turn of a
                 # degree leaves second-order residuals the size of a micro-expression.
@@ -256,16 +268,11 @@ def read_flow(model: FlameModel, flow: np.ndarray, align: np.ndarray, intrinsics
     frames_ref = solve(cfg.noise_reference_weight) if cfg.noise_weight > 0 or cfg.fit_prior > 0 else None
     noise_mm2 = 0.0 if frames_ref is None or cfg.noise_weight <= 0 else motion_noise_mm2(frames_ref[0], frames_ref[3], gram)
     weight = max(cfg.prior_weight, cfg.noise_weight * noise_mm2)
-    # The prior pulls towards the share of the fit's own change (landmarks) that the flow confirms:
-    # the least-squares gain of that change in the flow's normal equations, at most fit_prior.
-    fit_change = np.concatenate([expr, pose[:, jaw]], 1).astype(np.float64) - psi0.numpy()[None]
+    # The prior pulls towards the share of the fit's own change (landmarks) that the flow confirms.
     fit_share, mean = 0.0, None
-    if cfg.fit_prior > 0 and frames_ref[3].any():
-        _, h_ref, g_ref, ok, _ = frames_ref
-        d = fit_change[ok]
-        seen = float(np.einsum("tp,tpq,tq->", d, h_ref[ok], d))
-        if seen > 0:
-            fit_share = float(np.clip(np.einsum("tp,tp->", d, g_ref[ok]) / seen, 0.0, cfg.fit_prior))
+    if cfg.fit_prior > 0:
+        fit_change = np.concatenate([expr, pose[:, jaw]], 1).astype(np.float64) - psi0.numpy()[None]
+        fit_share = confirmed_share(fit_change, frames_ref[1], frames_ref[2], frames_ref[3], cfg.fit_prior)
         mean = fit_share * fit_change if fit_share > 0 else None
     per_frame, hess, grad, solved, residuals = (frames_ref if frames_ref is not None and mean is None
                                                 and weight == cfg.noise_reference_weight else solve(weight, mean))

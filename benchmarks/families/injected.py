@@ -123,9 +123,11 @@ TRAINING_WINDOWS: tuple[Window, ...] = (
     Window("clip_01_tears_of_steel.mp4", 98, 16, 800006),
 )
 # Two more draws of the motion (regions, direction, size, timing) on each training window's frames,
-# seed + 1000 x draw (tears_of_steel's draw 2 has no reachable peak for its regions: draw 3 instead).
+# seed + 1000 x draw; by the first draw's seed, the windows whose draw 2 has no reachable peak for
+# its regions (tears_of_steel 98) take draw 3 instead.
+_EXTRA_DRAWS = {800006: (1, 3)}
 TRAINING_WINDOWS += tuple(Window(w.clip, w.start, w.count, w.seed + 1000 * d, draw=d)
-                          for w in TRAINING_WINDOWS for d in ((1, 3) if w.start == 98 else (1, 2)))
+                          for w in TRAINING_WINDOWS for d in _EXTRA_DRAWS.get(w.seed, (1, 2)))
 
 
 def overlaps_heldout(clip: str, start: int, count: int) -> bool:
