@@ -10,9 +10,10 @@ Commands:
   test [pytest args]                    run the test suite
   env                                   only create or update the local environment
   pack [-o DIR]                         write the Blender extension zip DIR/microface-<version>.zip
-                                        (default DIR: dist/); needs no environment
+                                        (default DIR: dist/): the add-on, its backend, the weights
+                                        and the expression basis (made from ../shared/assets)
 
-All but ``pack`` create or reuse ``.venv`` beside this file, idempotently: the pinned set in
+Every command creates or reuses ``.venv`` beside this file, idempotently: the pinned set in
 ``pyproject.toml`` ([tool.microface.env]) is installed once and re-installed only when it changes.
 """
 from __future__ import annotations
@@ -152,25 +153,70 @@ MANIFEST = ROOT / "blender_manifest.toml"
 _PACK_SKIP_DIRS = {"__pycache__", "tests"}
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: the same sources give the same zip
 CONTRACT = ("result", "protocol")  # backend/contract/<name>.py -> core/<name>.py (core/contract.py PACKED)
+# Development only, never imported by the shipped pipeline (tests/test_layout.py): not packed.
+_BACKEND_DEV_ONLY = {"training", "synthetic"}
+_DEV_REQUIREMENTS = ("pytest", "bpy")   # the test suite's; the backend a user sets up does without them
+BACKEND_ENV_FILE = "backend_env.json"   # the backend's pinned set, for the add-on's Set Up Backend
+_BASIS_SCRIPT = ("import sys; from backend.head.flame import load_flame; "
+                 "from backend.head.expression_layer import STAND_IN_FILE, basis_of_model, save_basis; "
+                 "from backend.config import assets_folder; "
+                 "save_basis(basis_of_model(load_flame(assets_folder() / STAND_IN_FILE)), sys.argv[1])")
+
+
+def _files_under(folder: Path, skip: set[str] = frozenset()) -> list[Path]:
+    """The files of ``folder`` to pack: no caches, tests, hidden or compiled files, nor ``skip`` folders."""
+    out = []
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if (not path.is_file() or any(p in _PACK_SKIP_DIRS or p in skip or p.startswith(".") for p in rel.parts)
+                or path.suffix in (".pyc", ".pyo") or rel.name.startswith("test_")):
+            continue
+        out.append(path)
+    return out
 
 
 def _pack_files() -> list[tuple[str, Path]]:
-    """(name in the zip, source) for the extension: manifest and package at the root, plus
-    backend/contract's result.py and protocol.py as the package's core/ modules (the one definition of
-    the result file and of the command line, copied, never kept twice)."""
-    files = [("blender_manifest.toml", MANIFEST)]
-    for path in sorted(PACKAGE.rglob("*")):
-        rel = path.relative_to(PACKAGE)
-        if (not path.is_file() or any(p in _PACK_SKIP_DIRS or p.startswith(".") for p in rel.parts)
-                or path.suffix in (".pyc", ".pyo") or rel.name.startswith("test_")):
-            continue
-        files.append((rel.as_posix(), path))
+    """(name in the zip, source) for the extension: manifest and package at the root; backend/contract's
+    result.py and protocol.py as the package's core/ modules (the one definition of the result file
+    and of the command line, copied, never kept twice); the backend the add-on runs in a child
+    process, its shipped weights and the project's licence."""
+    files = [("blender_manifest.toml", MANIFEST), ("LICENSE", ROOT / "LICENSE")]
+    files += [(p.relative_to(PACKAGE).as_posix(), p) for p in _files_under(PACKAGE)]
     for name in CONTRACT:
         packed = f"core/{name}.py"
         if any(n == packed for n, _ in files):
             raise SystemExit(f"error: {PACKAGE / packed} must not exist: pack copies backend/contract/{name}.py there")
         files.append((packed, ROOT / "backend" / "contract" / f"{name}.py"))
+    files += [(p.relative_to(ROOT).as_posix(), p) for p in _files_under(ROOT / "backend", _BACKEND_DEV_ONLY)
+              if p.suffix == ".py"]
+    weights = ROOT.joinpath("weights", "microface.pt")
+    files += [("weights/microface.pt", weights), ("weights/microface.pt.json", weights.with_suffix(".pt.json"))]
     return files
+
+
+def _generated_files() -> list[tuple[str, bytes]]:
+    """Files the zip carries that are made at pack time from ../shared/assets, never committed: the
+    network's expression basis (backend/head/expression_layer.py) and its licence, and the pinned set."""
+    import tempfile
+
+    _repo_on_path()
+    from backend.config import assets_folder
+
+    assets = assets_folder()
+    licence = assets.parent / "LICENSE-ICT-FaceKit.txt" if assets is not None else None
+    if licence is None or not licence.is_file():
+        raise SystemExit("error: pack needs ../shared/assets (the stand-in head model and LICENSE-ICT-FaceKit.txt) "
+                         "to write the network's expression basis; set MICROFACE_ASSETS to its flame/ folder")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "basis.npz"
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        subprocess.run([str(ensure_env()), "-c", _BASIS_SCRIPT, str(out)], check=True, cwd=ROOT, env=env)
+        basis = out.read_bytes()
+    spec = _env_spec()
+    pinned = {k: [r for r in v if r.split("==")[0] not in _DEV_REQUIREMENTS] for k, v in spec.items()}
+    return [("weights/microface_expression_basis.npz", basis),
+            ("LICENSES/ICT-FaceKit.txt", licence.read_bytes()),
+            (BACKEND_ENV_FILE, (json.dumps(pinned, indent=1) + "\n").encode())]
 
 
 def pack(out_dir: Path) -> Path:
@@ -187,13 +233,10 @@ def pack(out_dir: Path) -> Path:
     out_dir = Path(out_dir).expanduser().absolute()
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{manifest['id']}-{manifest['version']}.zip"
-    # Lets an installed extension find this checkout's .venv as the backend's default Python.
-    build_info = json.dumps({"version": manifest["version"], "source_root": str(ROOT)}, indent=1)
     _repo_on_path()
     from backend.contract.atomic import atomic_path  # stdlib only, like this script
 
-    entries = [(name, src.read_bytes()) for name, src in _pack_files()]
-    entries.append(("build_info.json", build_info.encode()))
+    entries = [(name, src.read_bytes()) for name, src in _pack_files()] + _generated_files()
     with atomic_path(target) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
         for name, data in entries:
             info = zipfile.ZipInfo(name, _ZIP_TIME)

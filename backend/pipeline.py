@@ -201,11 +201,11 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
     model = _timed(timings, "load_model", load_flame, cfg.flame, cfg.assets)
     net, weights_info = None, None
     if cfg.network:   # a missing, corrupt or foreign weights file is found before the video is read
-        from .config import WEIGHTS_DIR, asset_id, resolve_asset
+        from .config import WEIGHTS_DIR, asset_id, assets_folder, resolve_asset
         from .net.network import load_weights
 
         wpath = resolve_asset("weights", cfg.weights, folders=(WEIGHTS_DIR,))
-        net = load_weights(wpath, model, device)
+        net = load_weights(wpath, model, device, assets_folder(cfg.assets))
         weights_info = {"path": str(wpath), "id": asset_id(wpath)}
     clip = _timed(timings, "decode", read_clip, video, cfg.video, progress)
     lms = _timed(timings, "landmarks", detect_landmarks, clip, cfg.landmarks, progress)
@@ -298,6 +298,7 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
         "warnings": warnings,
         "refined": bool(cfg.network),
         "weights": weights_info,
+        **({"expression_layer": net.expression_layer} if net is not None else {}),
         **({"reader": reader_info} if reader_info else {}),
         **({"drift_sigma_s": float(cfg.drift_sigma_s)} if meshes is not None else {}),
         "region_detection": detection,

@@ -1,7 +1,7 @@
 """Micro-expression recovery on three families of held-out footage, through the product's CLI.
 
     .venv/bin/python benchmarks/bench_heldout.py [--family own,render,injected] [--method fit,network,...]
-        [--data /work/data/microface/families] [--limit N] [--per-clip] [--fresh]
+        [--data /work/data/microface/families] [--limit N] [--per-clip] [--fresh] [--flame PATH]
 
 The families (benchmarks/families/): ``own`` the project's synthetic recipe at its capture rate,
 ``render`` heads rendered by Blender Cycles, ``injected`` real footage with a known micro-expression
@@ -74,9 +74,12 @@ def code_hash() -> str:
     return h.hexdigest()[:12]
 
 
-def reconstruct(video: Path, clip: FamilyClip, method: Method, runs: Path, fresh: bool) -> Path:
-    """The result file of ``video`` under ``method``, made by the product's CLI (cached)."""
+def reconstruct(video: Path, clip: FamilyClip, method: Method, runs: Path, fresh: bool,
+                flame: str | None = None) -> Path:
+    """The result file of ``video`` under ``method`` (with the head model ``flame``, None = the
+    default), made by the product's CLI (cached)."""
     flags = list(method.flags) + ["--fps", f"{clip.fps:g}"] + (["--focal", f"{clip.focal:g}"] if clip.focal else [])
+    flags += ["--flame", str(Path(flame).resolve())] if flame else []
     key = hashlib.sha256(json.dumps([str(video), flags, code_hash()]).encode()).hexdigest()[:16]
     out = runs / clip.folder.parent.name / clip.name / f"{video.stem}-{key}.npz"
     if out.exists() and not fresh:
@@ -122,13 +125,16 @@ def correlation(pred: np.ndarray, true: np.ndarray, active: np.ndarray, onset: i
     return float(p @ g / den) if den > 0 else float("nan")
 
 
-def score(clip: FamilyClip, method: Method, layer, runs: Path, fresh: bool) -> dict[str, float]:
+def score(clip: FamilyClip, method: Method, layer, runs: Path, fresh: bool, flame: str | None = None) -> dict[str, float]:
+    """``clip``'s metrics under ``method``; ``layer`` is FLAME of the head model ``flame`` the results used."""
     from backend.training.evaluate import micro_metrics, region_truth
 
     model = layer.model
-    cam, head, meta = result_head(reconstruct(clip.video_path, clip, method, runs, fresh), layer, method.meshes)
+    cam, head, meta = result_head(reconstruct(clip.video_path, clip, method, runs, fresh, flame), layer,
+                                  method.meshes)
     if clip.reference_path is not None:
-        _, ref_head, _ = result_head(reconstruct(clip.reference_path, clip, method, runs, fresh), layer, method.meshes)
+        _, ref_head, _ = result_head(reconstruct(clip.reference_path, clip, method, runs, fresh, flame), layer,
+                                     method.meshes)
         head = head - ref_head
     true = clip.motion_head.astype(np.float64)
     m = micro_metrics(cam, clip.vertices_cam, head, true, model.region_labels, model.region_names,
@@ -214,6 +220,8 @@ def main() -> int:
     ap.add_argument("--per-clip", action="store_true")
     ap.add_argument("--fresh", action="store_true", help="reconstruct again even when a cached result exists")
     ap.add_argument("--ceiling", action="store_true", help="also the pixel oracle's ceiling per family")
+    ap.add_argument("--flame", help="reconstruct with this head model (e.g. benchmarks/flame_variants.py's); "
+                                    "the clips' truth is head-space motion, whatever the model")
     args = ap.parse_args()
 
     from backend.head.flame import FlameLayer, load_flame
@@ -222,14 +230,16 @@ def main() -> int:
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         ap.error(f"unknown method {unknown}; choose from {list(METHODS)}")
-    layer = FlameLayer(load_flame())
+    layer = FlameLayer(load_flame(args.flame))
+    clip_layer = FlameLayer(load_flame()) if args.flame else layer   # the model the clips' parameters are in
     for family in (f.strip() for f in args.family.split(",")):
         clips = family_clips(args.data, family)[: args.limit or None]
         if not clips:
             print(f"\n## {family}: no clips under {Path(args.data) / family} (see the module docstring)")
             continue
-        table = {m: [score(c, METHODS[m], layer, Path(args.runs), args.fresh) for c in clips] for m in methods}
-        print_family(family, clips, table, args.per_clip, pixel_ceiling(clips, layer) if args.ceiling else None)
+        table = {m: [score(c, METHODS[m], layer, Path(args.runs), args.fresh, args.flame) for c in clips]
+                 for m in methods}
+        print_family(family, clips, table, args.per_clip, pixel_ceiling(clips, clip_layer) if args.ceiling else None)
     return 0
 
 

@@ -74,13 +74,23 @@ def test_pack_writes_the_extension_zip(packed, blender_ext):
         for name in ("result", "protocol"):
             assert zf.read(f"core/{name}.py") == (ROOT / "backend" / "contract" / f"{name}.py").read_bytes()
         assert zf.read("blender_manifest.toml") == MANIFEST.read_bytes()
-        info = json.loads(zf.read("build_info.json"))
+        assert zf.read("weights/microface.pt") == (ROOT / "weights" / "microface.pt").read_bytes()
+        contents = {n: zf.read(n) for n in names}
     package = ROOT / "microface_blender"
     modules = [p.relative_to(package).as_posix() for p in package.rglob("*.py") if "__pycache__" not in p.parts]
-    assert sorted(names) == sorted(["blender_manifest.toml", "core/result.py", "core/protocol.py", "build_info.json",
-                                    *modules])
-    assert "__init__.py" in names and not any("__pycache__" in n or n.endswith(".pyc") or "test" in n for n in names)
-    assert info == {"version": manifest["version"], "source_root": str(ROOT)}
+    backend = [p.relative_to(ROOT).as_posix() for p in (ROOT / "backend").rglob("*.py")
+               if "__pycache__" not in p.parts and not {"training", "synthetic"} & set(p.parts)]
+    assert sorted(names) == sorted(["blender_manifest.toml", "LICENSE", "core/result.py", "core/protocol.py", *modules,
+                                    *backend, "weights/microface.pt", "weights/microface.pt.json",
+                                    "weights/microface_expression_basis.npz", "LICENSES/ICT-FaceKit.txt",
+                                    "backend_env.json"])
+    assert "__init__.py" in names and not any("__pycache__" in n or n.endswith(".pyc") or "/test" in n for n in names)
+    # Nothing names the checkout it was packed in (the weights' provenance names its training data).
+    for name, data in contents.items():
+        assert str(ROOT).encode() not in data, name
+    pinned = json.loads(contents["backend_env.json"])
+    assert "mediapipe==0.10.21" in pinned["no_deps"] and not any(r.startswith(("pytest", "bpy")) for r in
+                                                                  pinned["requirements"])
     # Blender's own validation of the archive (what `blender --command extension validate` runs).
     out = subprocess.run([sys.executable, str(_bpy_dir() / "5.0/scripts/addons_core/bl_pkg/cli/blender_ext.py"),
                           "validate", str(packed)], capture_output=True, text=True)
@@ -115,7 +125,7 @@ _INSTALL_SCRIPT = textwrap.dedent('''
     import json, os, sys
     import bpy
 
-    zip_path, result_path = sys.argv[1:3]
+    zip_path, result_path, video, head_model = sys.argv[1:5]
     out = {}
     PKG = "bl_ext.user_default.microface"
 
@@ -144,6 +154,18 @@ _INSTALL_SCRIPT = textwrap.dedent('''
     out["import"] = sorted(bpy.ops.microface.import_result(filepath=result_path))
     out["strip_poll"] = [bpy.ops.microface.reconstruct_strip.poll(),
                          sys.modules[PKG + ".ops.strip_ops"].unavailable_reason(bpy.context)]
+    # Reconstruct Micro-Expression on a trimmed strip, with the backend the zip carries.
+    prefs.head_model, prefs.device = head_model, 'CPU'
+    ed = bpy.context.scene.sequence_editor_create()
+    strip = ed.strips.new_movie("face", video, 1, 1)
+    strip.frame_offset_start, strip.frame_offset_end = 2, strip.frame_duration - 10
+    ed.active_strip = strip
+    out["reconstruct"] = sorted(bpy.ops.microface.reconstruct_strip('INVOKE_DEFAULT'))
+    out["reconstruct_status"] = bpy.context.window_manager.microface_status
+    head = bpy.data.objects.get("face_head")
+    out["head_frames"] = head.get("microface_frames") if head else None
+    out["first_source_frame"] = head.get("microface_first_source_frame") if head else None
+    out["checkout"] = str(sys.modules[PKG + ".core.backend_job"].find_checkout(prefs.python))
     out["result_module"] = sys.modules[PKG + ".core.result"].__file__
     out["protocol_module"] = sys.modules[PKG + ".core.protocol"].__file__
     out["objects"] = sorted(o.name for o in bpy.data.objects)
@@ -156,19 +178,27 @@ _INSTALL_SCRIPT = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 def test_packed_zip_installs_works_and_uninstalls_cleanly(packed, tmp_path):
+    from backend.config import assets_folder
+    from backend.head.expression_layer import STAND_IN_FILE
     from backend.head.flame import load_flame
     from backend.contract.result import write_result
     from backend.synthetic.synth_result import synthetic_result
+    from conftest import shared_video
 
     result_path = write_result(tmp_path / "clip.npz", synthetic_result(load_flame(), 6, seed=4))
     user = tmp_path / "blender_user"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BLENDER_USER_")}
+    # No checkout on any path: the backend interpreter is given, the backend is the zip's own copy.
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("BLENDER_USER_", "MICROFACE_")) and k != "PYTHONPATH"}
     env["BLENDER_USER_RESOURCES"] = str(user)  # never the real user configuration
+    env["MICROFACE_PYTHON"] = str(ROOT / ".venv" / "bin" / "python")
     script = tmp_path / "install.py"
     script.write_text(_INSTALL_SCRIPT)
-    proc = subprocess.run([sys.executable, str(script), str(packed), str(result_path)], capture_output=True,
-                          text=True, env=env, timeout=300)
+    video, head_model = shared_video("single_face.mp4"), assets_folder() / STAND_IN_FILE
+    proc = subprocess.run([sys.executable, str(script), str(packed), str(result_path), str(video), str(head_model)],
+                          capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stdout + proc.stderr
     out = json.loads(lines[-1][len("RESULT "):])
@@ -179,13 +209,17 @@ def test_packed_zip_installs_works_and_uninstalls_cleanly(packed, tmp_path):
     assert out["strip_poll"] == [False, "Select a movie strip in the Sequencer"]  # no strip: off, with the reason
     assert enabled["menu"]
     ext_dir = user / "extensions" / "user_default" / "microface"
-    assert out["prefs"]["python"] == str(ROOT / ".venv" / "bin" / "python")  # found through build_info.json
+    assert out["prefs"]["python"] == env["MICROFACE_PYTHON"]
     assert Path(out["prefs"]["cache_dir"]).is_relative_to(user) and out["prefs"]["device"] == "AUTO"
     assert not Path(out["prefs"]["cache_dir"]).is_relative_to(ext_dir)  # never the add-on's own folder
     assert out["import"] == ["FINISHED"]
     assert Path(out["result_module"]) == ext_dir / "core" / "result.py"  # the packed copy, not the repo's
     assert Path(out["protocol_module"]) == ext_dir / "core" / "protocol.py"
     assert {"synthetic_4_head", "synthetic_4_rig"} <= set(out["objects"])
+    assert out["reconstruct"] == ["FINISHED"], out["reconstruct_status"]
+    assert out["head_frames"] == 8     # source frames 2-9 of the trimmed strip
+    assert out["checkout"] == str(ext_dir)          # the zip's own backend ran, not the repo's
+    assert out["first_source_frame"] == 2
     assert out["uninstall"] == ["FINISHED"]
     assert out["after"] == {"operator": False, "panel": False, "preferences": False, "wm_property": False,
                             "strip_operators": False, "sequencer_panel": False, "menu": False, "modules": []}

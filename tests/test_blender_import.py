@@ -101,6 +101,20 @@ def test_scene_layout(scene, synth, result_path):
     assert synth.meta["region_detection"]["active"]
 
 
+def test_a_foreign_flame_files_span_error_is_shown(scene, synth, tmp_path):
+    # A result made with a user's FLAME file through the network's expression basis
+    # (backend/head/expression_layer.py) says what the file cannot make; the stand-in's says nothing.
+    res = copy.copy(synth)
+    res.meta = dict(synth.meta, expression_layer={"basis": "ICT-FaceKit ARKit-style, 53 shapes", "identity": False,
+                                                  "span_error_mm": 0.055, "span_error_max_mm": 0.1346,
+                                                  "worst": "eyeSquint_L"})
+    out = importer.import_result(bpy.context, write_result(tmp_path / "foreign.npz", res), name="foreign")
+    assert out.rig["microface_expression_span"] == "0.055 mm mean, 0.135 mm max (eyeSquint_L)"
+    res.meta = dict(synth.meta, expression_layer=dict(res.meta["expression_layer"], identity=True))
+    out = importer.import_result(bpy.context, write_result(tmp_path / "own.npz", res), name="own")
+    assert "microface_expression_span" not in out.rig
+
+
 def test_keys_live_in_layered_actions_one_per_frame(scene, synth, result_path):
     out = importer.import_result(bpy.context, result_path, name="take")
     assert out.collection.name == "take"

@@ -207,7 +207,7 @@ def test_rig_data_refuses_a_result_without_rig(synth):
 
 # --- finding the backend --------------------------------------------------------------------------
 
-def test_backend_python_is_found_beside_the_package_or_from_the_build_info(tmp_path):
+def test_backend_python_is_found_beside_the_package_or_from_the_environment(tmp_path):
     repo = tmp_path / "repo"
     (repo / "backend").mkdir(parents=True)
     (repo / "backend" / "__init__.py").write_text("")
@@ -215,9 +215,8 @@ def test_backend_python_is_found_beside_the_package_or_from_the_build_info(tmp_p
     py.parent.mkdir(parents=True)
     py.write_text("")
     assert paths.find_backend_python(repo / "microface_blender", environ={}) == str(py)
-    installed = tmp_path / "extensions" / "microface"
-    installed.mkdir(parents=True)
+    installed = tmp_path / "extensions" / "microface"   # an installed zip: its own backend, no .venv, no path
+    (installed / "backend").mkdir(parents=True)
     assert paths.find_backend_python(installed, environ={}) == ""
-    (installed / paths.BUILD_INFO).write_text(f'{{"source_root": "{repo}"}}')
-    assert paths.find_backend_python(installed, environ={}) == str(py)
+    assert paths.checkout_roots(installed)[0] == installed
     assert paths.find_backend_python(installed, environ={"MICROFACE_PYTHON": sys.executable}) == sys.executable

@@ -233,6 +233,11 @@ def test_the_checkout_is_found_from_the_interpreter(tmp_path):
     assert bj.find_checkout("/usr/bin/python3", candidates=[root]) == root
     assert bj.find_checkout("/usr/bin/python3", candidates=[]) is None
     assert bj.find_checkout(str(ROOT / ".venv" / "bin" / "python")) == ROOT
+    packed = tmp_path / "extension"        # the add-on's own packed backend comes before the interpreter's
+    (packed / "backend").mkdir(parents=True)
+    (packed / "backend" / "__init__.py").write_text("")
+    (packed / "backend" / "cli.py").write_text("")
+    assert bj.find_checkout(str(py), candidates=[packed]) == packed
 
 
 # --- the real backend --------------------------------------------------------------------------

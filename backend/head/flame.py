@@ -143,8 +143,8 @@ def _load_npz(path: Path, keys: tuple[str, ...], what: str) -> dict[str, np.ndar
 def load_flame(flame: str | Path | None = None, assets: str | Path | None = None) -> FlameModel:
     """Load a FLAME-format model and its companions (masks, 68-point and MediaPipe embeddings).
 
-    ``flame`` and ``assets`` follow :func:`backend.config.resolve_asset`: flag, environment, default.
-    Every problem raises :class:`MicroFaceError` with a one-line message.
+    ``flame`` and ``assets`` follow :func:`backend.config.resolve_asset`: flag, environment, default;
+    the companions are looked for in the assets folder, then beside the head model. Every problem raises :class:`MicroFaceError` with a one-line message.
     """
     adir = assets_folder(assets)
     path = resolve_asset("flame", flame, folders=(adir,))
@@ -201,10 +201,12 @@ def load_flame(flame: str | Path | None = None, assets: str | Path | None = None
         if pd.shape == (n_v, 3, 9 * (n_j - 1)) and np.abs(pd).max() > 0:
             posedirs = pd.reshape(-1, pd.shape[2]).T.astype(np.float32)
 
-    masks = _load_pickle(resolve_asset("masks", folders=(adir,)), "region masks")
-    l68 = _load_npz(resolve_asset("lmk68", folders=(adir,)), ("full_lmk_faces_idx", "full_lmk_bary_coords"),
+    # The companions: in the assets folder, else beside the head model (FLAME's downloads unpacked together).
+    companions = (adir, path.parent)
+    masks = _load_pickle(resolve_asset("masks", folders=companions), "region masks")
+    l68 = _load_npz(resolve_asset("lmk68", folders=companions), ("full_lmk_faces_idx", "full_lmk_bary_coords"),
                     "68-point landmark embedding")
-    lmp = _load_npz(resolve_asset("lmk_mediapipe", folders=(adir,)),
+    lmp = _load_npz(resolve_asset("lmk_mediapipe", folders=companions),
                     ("lmk_face_idx", "lmk_b_coords", "landmark_indices"), "MediaPipe landmark embedding")
     try:
         labels = region_labels(masks, v)

@@ -17,6 +17,7 @@ from torch import nn
 from ..config import file_sha256
 from ..contract.atomic import atomic_path
 from ..errors import MicroFaceError
+from ..head.expression_layer import expression_map, find_basis, network_model
 from ..head.flame import HEAD_MOTION, FlameLayer, FlameModel, axis_angle_to_matrix
 from .dem import DynamicEncodedModule
 from .dgmd import DGMDConfig, DynamicGuidedDeformation
@@ -50,6 +51,10 @@ class MicroFaceNet(nn.Module):
         self.trained_flow: dict | None = None   # the flow recipe it learned to read (load_weights sets it)
         # Its region rule {"fraction", "floor_mm", ...} calibrated on clips with truth (backend/training/calibrate.py)
         self.detection: dict | None = None
+        # How the user's head model speaks the network's expression basis (load_weights sets them):
+        # the map of ψ both ways (None: the model's expressions are the basis) and its meta.
+        self.expression_map = None
+        self.expression_layer: dict | None = None
         self.flame = FlameLayer(model)
         for b in self.flame.buffers():
             b.requires_grad_(False)
@@ -162,9 +167,14 @@ def _config_from_json(text: str) -> NetworkConfig:
     return NetworkConfig(**{**raw, "dgmd": DGMDConfig(**raw["dgmd"])})
 
 
-def load_weights(path: str | os.PathLike, model: FlameModel, device: str = "cpu") -> MicroFaceNet:
+def load_weights(path: str | os.PathLike, model: FlameModel, device: str = "cpu",
+                 assets_dir: Path | None = None) -> MicroFaceNet:
     """Build the network for ``model`` and load ``path`` with ``weights_only=True``.
 
+    The network speaks the expression basis it was trained with (backend/head/expression_layer.py,
+    found beside the weights or from the stand-in in ``assets_dir``): on a model with other
+    expressions it runs on the model's head with the basis' expressions, and ``net.expression_map``
+    maps ψ both ways (None when the model's expressions are the basis).
     Raises :class:`MicroFaceError` for a missing, corrupt or mismatched file.
     """
     path = Path(path)
@@ -183,11 +193,17 @@ def load_weights(path: str | os.PathLike, model: FlameModel, device: str = "cpu"
         raise MicroFaceError(f"weights file {path} is not MicroFace weights")
     if payload.get("version", 0) > WEIGHTS_VERSION:
         raise MicroFaceError(f"weights file {path} is version {payload['version']}; update MicroFace")
-    if payload.get("n_expr") != model.n_expr or payload.get("n_vertices") != model.v_template.shape[0]:
-        raise MicroFaceError(f"weights file {path} was trained for {payload.get('n_expr')} expressions and "
-                             f"{payload.get('n_vertices')} vertices; the head model {model.path.name} has "
-                             f"{model.n_expr} and {model.v_template.shape[0]}")
-    net = MicroFaceNet(model, _config_from_json(payload["config"]))
+    if payload.get("n_vertices") != model.v_template.shape[0]:
+        raise MicroFaceError(f"weights file {path} was trained for {payload.get('n_vertices')} vertices (FLAME "
+                             f"topology); the head model {model.path.name} has {model.v_template.shape[0]}")
+    basis = find_basis(path, model, assets_dir)
+    if payload.get("n_expr") != len(basis.names):
+        raise MicroFaceError(f"weights file {path} was trained for {payload.get('n_expr')} expressions; its "
+                             f"expression basis has {len(basis.names)}: reinstall MicroFace")
+    emap = expression_map(model, basis)
+    net = MicroFaceNet(model if emap.identity else network_model(model, basis), _config_from_json(payload["config"]))
+    net.expression_map = None if emap.identity else emap
+    net.expression_layer = emap.meta()
     missing, unexpected = net.load_state_dict(payload["state"], strict=False)
     missing = [k for k in missing if not k.startswith("flame.")]
     if missing or unexpected:

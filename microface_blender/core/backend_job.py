@@ -55,13 +55,13 @@ class BackendSettings:
 
 
 def find_checkout(python: str, candidates: list[Path] | None = None) -> Path | None:
-    """The MicroFace checkout whose ``backend/`` the child runs: the one ``python`` lives in
-    (``<root>/.venv/bin/python``), else the add-on's own checkouts (:func:`paths.checkout_roots`)."""
-    roots = []
+    """The folder whose ``backend/`` the child runs: the add-on's own (:func:`paths.checkout_roots`:
+    the extension's packed copy, or the repo it runs from), else the checkout ``python`` lives in
+    (``<root>/.venv/bin/python``)."""
+    roots = list(candidates if candidates is not None else checkout_roots())
     if python:
         py = Path(python).expanduser()
         roots += [p for p in py.absolute().parents][:4]  # <root>/.venv/bin/python or <root>/.venv/Scripts/python.exe
-    roots += candidates if candidates is not None else checkout_roots()
     for root in roots:
         if (root / "backend" / "__init__.py").is_file() and (root / "backend" / "cli.py").is_file():
             return root

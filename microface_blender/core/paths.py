@@ -1,12 +1,10 @@
 """Where the add-on finds the backend's Python (no bpy)."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
-PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the add-on's folder, above core/ (build_info.json is there)
-BUILD_INFO = "build_info.json"  # written into the zip by `build.py pack`
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the add-on's folder, above core/
 PYTHON_HINT = "run `python3 build.py env` in the MicroFace checkout to create its .venv, then pick .venv/bin/python"
 
 
@@ -15,16 +13,9 @@ def venv_python(root: Path) -> Path:
 
 
 def checkout_roots(package_dir: Path = PACKAGE_DIR) -> list[Path]:
-    """Checkouts this add-on may belong to: the folder above it (running from the repo) and the
-    checkout ``build.py pack`` recorded in the zip (an installed extension lives elsewhere)."""
-    roots = [package_dir.parent]
-    try:
-        info = json.loads((package_dir / BUILD_INFO).read_text(encoding="utf-8"))
-        if isinstance(info.get("source_root"), str):
-            roots.append(Path(info["source_root"]))
-    except (OSError, ValueError, AttributeError):
-        pass
-    return roots
+    """Folders that may hold the backend this add-on runs: its own folder (the extension zip
+    carries ``backend/`` and the weights) and the folder above it (running from the repo)."""
+    return [package_dir, package_dir.parent]
 
 
 def find_backend_python(package_dir: Path = PACKAGE_DIR, environ=os.environ) -> str:

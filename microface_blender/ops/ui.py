@@ -12,6 +12,7 @@ _INFO = (
     ("frames", "Frames", "{}"),
     ("active_regions", "Active regions", "{}"),
     ("model_id", "Head model", "{}"),
+    ("expression_span", "Basis span error", "{}"),
     ("detail_keys", "Detail keys", "{}"),
     ("detail_max_error_mm", "Detail max error", "{:.3f} mm"),
     ("backend_version", "Backend", "{}"),

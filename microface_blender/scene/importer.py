@@ -84,7 +84,15 @@ def _props(res, path: Path, rig: rigdata.RigData, frames: np.ndarray) -> dict:
         # the regions the backend's calibrated rule calls active; absent without a rule
         **({"active_regions": ", ".join(meta["region_detection"]["active"]) or "none"}
            if "region_detection" in meta else {}),
+        # how much of the network's expression basis a user's own FLAME file cannot make
+        **({"expression_span": _span_text(meta["expression_layer"])}
+           if not meta.get("expression_layer", {}).get("identity", True) else {}),
     }
+
+
+def _span_text(layer: dict) -> str:
+    worst = f" ({layer['worst']})" if layer.get("worst") else ""
+    return f"{layer['span_error_mm']:.3f} mm mean, {layer['span_error_max_mm']:.3f} mm max{worst}"
 
 
 def _build_armature(context, name: str, rig: rigdata.RigData, collection) -> tuple[bpy.types.Object, list[str]]:

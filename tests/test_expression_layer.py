@@ -1,0 +1,142 @@
+"""The expression layer (backend/head/expression_layer.py): any FLAME file speaks the network's basis.
+
+The constructed files (benchmarks/flame_variants.py) stand for official ones, which cannot be had
+here: official layout without the stand-in's extra keys, 100 components (a rotated, rescaled span
+of the stand-in's expressions plus fields it lacks) and 50 (a projection that misses three
+directions). Bounds are from the measurement in each test's comment (2026-12-06)."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from backend.config import WEIGHTS_DIR, assets_folder, resolve_asset
+from backend.errors import MicroFaceError
+from backend.head.expression_layer import (BASIS_FILE, basis_of_model, expression_map, find_basis, load_basis,
+                                           network_model, save_basis)
+from backend.head.flame import FlameLayer, load_flame
+from benchmarks.flame_variants import write_variant
+from conftest import shared_video
+
+
+@pytest.fixture(scope="module")
+def variants(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("flame_variants")
+    return {k: load_flame(write_variant(k, folder / f"{k}.pkl")) for k in ("flame100", "flame50")}
+
+
+@pytest.fixture(scope="module")
+def basis(head_model):
+    return basis_of_model(head_model)
+
+
+def _known_expression(model, seed: int = 1, frames: int = 20):
+    """Basis weights (T, 53): five shapes a frame at 0..0.6, and a jaw opening of up to 0.08 rad."""
+    rng = np.random.default_rng(seed)
+    weights = np.zeros((frames, 53))
+    for t in range(frames):
+        weights[t, rng.choice(53, 5, replace=False)] = rng.uniform(0, 0.6, 5)
+    pose = np.zeros((frames, 3 * model.n_joints))
+    pose[:, model.jaw_pose_slice().start] = rng.uniform(0, 0.08, frames)
+    return weights, pose
+
+
+def _meshes(model, expr, pose):
+    f32 = lambda a: torch.as_tensor(np.asarray(a, np.float32))  # noqa: E731
+    with torch.no_grad():
+        v, _ = FlameLayer(model)(f32(np.zeros((len(expr), model.n_shape))), f32(expr), f32(pose))
+    return v.numpy().astype(np.float64)
+
+
+def test_the_basis_file_round_trips_compactly(tmp_path, basis):
+    path = save_basis(basis, tmp_path / BASIS_FILE)
+    back = load_basis(path)
+    assert back.names == basis.names and back.source == basis.source
+    # int16 per shape: at most half a step of 1/32767 of each shape's largest displacement
+    step = np.abs(basis.dirs).max((0, 1)) / 32767
+    assert (np.abs(back.dirs - basis.dirs).max((0, 1)) <= 0.51 * step + 1e-9).all()
+    assert path.stat().st_size < 1_000_000   # measured 0.60 MB: it travels with the weights
+
+
+def test_a_corrupt_basis_file_is_one_clear_error(tmp_path):
+    bad = tmp_path / BASIS_FILE
+    bad.write_bytes(b"not an npz" * 10)
+    with pytest.raises(MicroFaceError, match="expression basis .* corrupt"):
+        load_basis(bad)
+
+
+def test_the_stand_in_is_the_basis(head_model, basis):
+    m = expression_map(head_model, basis)
+    assert m.identity and m.meta()["span_error_mm"] == 0.0
+
+
+def test_a_rotated_rescaled_100_component_model_recovers_a_known_expression(variants, basis):
+    model = variants["flame100"]
+    assert model.n_expr == 100 and not model.expr_named   # no names key, official layout
+    m = expression_map(model, basis)
+    assert not m.identity
+    assert m.span_error_mm.max() < 1e-3                 # measured 0.0000 mm: it spans the basis
+    weights, pose = _known_expression(model)
+    jaw = model.jaw_pose_slice()
+    expr, own_pose = m.from_network(weights, pose, jaw)
+    truth = _meshes(network_model(model, basis), weights, pose)
+    err = np.linalg.norm(_meshes(model, expr, own_pose) - truth, axis=2) * 1000
+    assert err.max() < 0.001                            # measured 1.5e-5 mm (float32 rounding)
+    back, back_pose = m.to_network(expr, own_pose, jaw)
+    err = np.linalg.norm(_meshes(network_model(model, basis), back, back_pose) - truth, axis=2) * 1000
+    assert err.max() < 0.001                            # measured 1.5e-5 mm
+
+
+def test_a_50_component_model_reports_what_it_cannot_span(variants, basis):
+    model = variants["flame50"]
+    m = expression_map(model, basis)
+    meta = m.meta()
+    assert 0.01 < meta["span_error_mm"] < 0.2          # measured 0.055 mm (max 0.135, eyeSquint_L)
+    assert meta["worst"] in basis.names
+    weights, pose = _known_expression(model)
+    expr, own_pose = m.from_network(weights, pose, model.jaw_pose_slice())
+    face = model.region_labels >= 0
+    err = np.linalg.norm(_meshes(model, expr, own_pose) - _meshes(network_model(model, basis), weights, pose),
+                         axis=2)[:, face] * 1000
+    assert err.mean() < 0.1                             # measured 0.036 mm (max 0.35)
+
+
+def test_the_basis_comes_from_beside_the_weights_else_from_the_stand_in(tmp_path, variants, basis, head_model):
+    weights = tmp_path / "microface.pt"
+    assert find_basis(weights, head_model, None).source == basis.source              # the stand-in itself
+    assert find_basis(weights, variants["flame100"], assets_folder()).names == basis.names
+    with pytest.raises(MicroFaceError, match=f"expression basis was not found.*{BASIS_FILE}"):
+        find_basis(weights, variants["flame100"], tmp_path)
+    save_basis(basis, tmp_path / BASIS_FILE)
+    assert find_basis(weights, variants["flame100"], tmp_path).names == basis.names
+
+
+def test_the_shipped_weights_load_for_any_flame_file(tmp_path, variants):
+    from backend.net.network import load_weights
+
+    shipped = resolve_asset("weights", folders=(WEIGHTS_DIR,))
+    for model in variants.values():
+        net = load_weights(shipped, model, assets_dir=assets_folder())
+        assert net.flame_model.n_expr == 53 and net.expression_map is not None
+        assert net.expression_layer["identity"] is False
+    lone = tmp_path / "microface.pt"     # weights with neither the basis beside them nor the stand-in
+    shutil.copy(shipped, lone)
+    with pytest.raises(MicroFaceError, match="expression basis was not found"):
+        load_weights(lone, variants["flame50"], assets_dir=tmp_path)
+
+
+@pytest.mark.slow
+def test_the_learned_reconstruction_runs_on_a_100_component_flame_file(tmp_path, variants):
+    from backend.cli import main
+    from backend.contract.result import read_result
+
+    out = tmp_path / "r.npz"
+    video = shared_video("single_face.mp4")
+    assert main(["reconstruct", str(video), "-o", str(out), "--end", "12", "--network", "--quiet",
+                 "--flame", str(variants["flame100"].path)]) == 0
+    res = read_result(out)
+    assert res.meta["refined"] and res.expr.shape == (13, 100) and res.rig_expr_dirs.shape[0] == 100
+    assert res.meta["expression_layer"]["identity"] is False
+    assert res.meta["expression_layer"]["span_error_mm"] < 1e-3
