@@ -1,5 +1,6 @@
-"""Command line: ``python -m backend reconstruct VIDEO -o OUT.npz [options]``, and
-``python -m backend overlay OUT.npz VIDEO -o DIR`` to check a result by eye.
+"""Command line: ``python -m backend reconstruct VIDEO -o OUT.npz [options]``,
+``python -m backend overlay OUT.npz VIDEO -o DIR`` to check a result by eye, and
+``python -m backend check`` to check the environment (backend/environment_check.py).
 
 Progress goes to stdout as JSON lines, one event per line, and the exit status says how the run
 ended: the protocol in backend/contract/protocol.py (docs/backend_protocol.md). Errors also print
@@ -65,6 +66,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="stop, as on SIGTERM, when standard input closes: a parent that holds it open and "
                         "dies, even by SIGKILL, takes the run with it")
     r.add_argument("--debug", action="store_true", help="show tracebacks for internal errors")
+    c = sub.add_parser("check", help="check that this interpreter can run the backend: imports and a tiny "
+                                     "forward pass of each model (what the add-on's Set Up Backend runs)")
+    c.add_argument("--weights", help="trained network (else $MICROFACE_WEIGHTS, else the shipped weights/microface.pt)")
+    c.add_argument("--debug", action="store_true", help="show tracebacks for internal errors")
     o = sub.add_parser("overlay", help="draw a result's meshes over its source frames, as PNGs")
     o.add_argument("result", help="result file (.npz)")
     o.add_argument("video", help="the video the result was made from")
@@ -83,6 +88,21 @@ def _fail(message: str, code: int) -> int:
     _emit(protocol.error_event(message))
     print(f"error: {message}", file=sys.stderr)
     return code
+
+
+def _check(weights: str | None) -> int:
+    from .config import WEIGHTS_DIR, resolve_asset
+    from .environment_check import run_checks
+
+    checks = run_checks(resolve_asset("weights", weights, folders=(WEIGHTS_DIR,)))
+    for i, c in enumerate(checks):
+        _emit({**protocol.stage_event("check", i + 1, len(checks)), "name": c.name, "ok": c.ok, "detail": c.detail})
+    failed = [c for c in checks if not c.ok]
+    if failed:
+        return _fail("backend check failed: " + "; ".join(f"{c.name}: {c.detail}" for c in failed),
+                     protocol.EXIT_BAD_INPUT)
+    _emit(protocol.done_event(""))
+    return protocol.EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,6 +132,8 @@ def _main(args: argparse.Namespace) -> int:
             import threading
 
             threading.Thread(target=_watch_stdin, name="microface-stdin", daemon=True).start()
+        if args.command == "check":
+            return _check(args.weights)
         if args.command == "overlay":
             from .overlay import overlay_frames
 

@@ -198,14 +198,19 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
     from .capture.video import read_clip
     from .head.flame import load_flame
 
-    model = _timed(timings, "load_model", load_flame, cfg.flame, cfg.assets)
+    from .config import WEIGHTS_DIR, asset_id, assets_folder, resolve_asset
+    from .head.expression_layer import working_model
+
+    user_model = _timed(timings, "load_model", load_flame, cfg.flame, cfg.assets)
+    # Every stage runs on one expression basis, the one they were tuned and trained on; the result
+    # speaks the user's own model (backend/head/expression_layer.py).
+    wpath = resolve_asset("weights", cfg.weights, folders=(WEIGHTS_DIR,), required=cfg.network)
+    model, expression_layer = working_model(user_model, wpath.parent if wpath else WEIGHTS_DIR, assets_folder(cfg.assets))
     net, weights_info = None, None
     if cfg.network:   # a missing, corrupt or foreign weights file is found before the video is read
-        from .config import WEIGHTS_DIR, asset_id, assets_folder, resolve_asset
         from .net.network import load_weights
 
-        wpath = resolve_asset("weights", cfg.weights, folders=(WEIGHTS_DIR,))
-        net = load_weights(wpath, model, device, assets_folder(cfg.assets))
+        net = load_weights(wpath, model, device)
         weights_info = {"path": str(wpath), "id": asset_id(wpath)}
     clip = _timed(timings, "decode", read_clip, video, cfg.video, progress)
     lms = _timed(timings, "landmarks", detect_landmarks, clip, cfg.landmarks, progress)
@@ -282,6 +287,9 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
         warnings.append(f"no usable face in source frames {_runs(lms.interpolated, clip.frame_indices)}: "
                         "landmarks there are interpolated and the fit is carried by its temporal prior")
 
+    if not expression_layer.identity:   # ψ in the user's own expressions and jaw (least squares)
+        expr, pose = expression_layer.from_network(expr, pose, model.jaw_pose_slice())
+
     from .contract.result import UNITS, Result, ResultError, write_result
 
     src = Path(video)
@@ -291,14 +299,14 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
         "source": {"path": str(src.absolute()), "name": src.name, "size_bytes": src.stat().st_size},
         "fps": float(clip.fps),
         "frame_range": [int(clip.frame_indices[0]), int(clip.frame_indices[-1])],
-        **model.result_meta(),
+        **user_model.result_meta(),
         "landmarks_68_source": lms.lmk68_source,
         "device": device,
         "timings": timings,
         "warnings": warnings,
         "refined": bool(cfg.network),
         "weights": weights_info,
-        **({"expression_layer": net.expression_layer} if net is not None else {}),
+        "expression_layer": expression_layer.meta(),
         **({"reader": reader_info} if reader_info else {}),
         **({"drift_sigma_s": float(cfg.drift_sigma_s)} if meshes is not None else {}),
         "region_detection": detection,
@@ -316,7 +324,7 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
         landmarks_mp=inputs["lmk_mp"], landmarks_68=inputs["lmk_68"],
         valid=inputs["valid"], interpolated=lms.interpolated.astype(bool),
         align_transforms=inputs["align"], fit_error_px=(fit.reproj_px / clip.scale).astype(np.float32),
-        meta=meta, **model.rig_arrays(fit.shape),
+        meta=meta, **user_model.rig_arrays(fit.shape),
     )
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

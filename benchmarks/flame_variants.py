@@ -83,7 +83,7 @@ def report() -> None:
 
     import torch
 
-    from backend.head.expression_layer import basis_of_model, expression_map, network_model
+    from backend.head.expression_layer import basis_of_model, expression_map, basis_head
     from backend.head.flame import FlameLayer, load_flame
 
     basis = basis_of_model(load_flame())
@@ -104,7 +104,7 @@ def report() -> None:
             f32 = lambda a: torch.as_tensor(np.asarray(a, np.float32))  # noqa: E731
             zeros = f32(np.zeros((len(weights), model.n_shape)))
             with torch.no_grad():
-                truth, _ = FlameLayer(network_model(model, basis))(zeros, f32(weights), f32(pose))
+                truth, _ = FlameLayer(basis_head(model, basis))(zeros, f32(weights), f32(pose))
                 got, _ = FlameLayer(model)(zeros, f32(expr), f32(own_pose))
             err = np.linalg.norm((got - truth).numpy(), axis=2)[:, model.region_labels >= 0] * 1000
             meta = m.meta()

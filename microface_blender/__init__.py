@@ -13,7 +13,7 @@ from .ops import (keyframe_amplify, keyframe_bake, keyframe_clean, keyframe_pane
                   prefs, strip_ops, ui)
 
 _CLASSES = (
-    prefs.MicroFacePreferences,
+    *prefs.CLASSES,
     operators.MICROFACE_OT_import_result,
     ui.MICROFACE_PT_main,
     keyframe_amplify.MICROFACE_OT_amplify,
@@ -42,6 +42,7 @@ def register():
 
 def unregister():
     strip_ops.stop_running()  # a reconstruction in flight: its child, timer and status text
+    prefs.stop_setup()        # Set Up Backend in flight: its step and staging folder
     bpy.types.TOPBAR_MT_file_import.remove(operators.menu_func_import)
     for owner, attr, _prop in reversed(_PROPERTIES):
         if hasattr(owner, attr):

@@ -30,6 +30,29 @@ def write_video(path: Path, frames: np.ndarray, fps: float = 30.0) -> Path:
     return path
 
 
+def tiny_wheel(folder: Path, name: str, version: str) -> Path:
+    """A minimal pure-Python wheel of distribution ``name`` whose module (the name with "-" as "_")
+    holds VALUE = 42: enough for pip to install offline from ``folder``."""
+    import base64
+    import hashlib
+    import zipfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    module = name.replace("-", "_")
+    info = f"{module}-{version}.dist-info"
+    files = {f"{module}/__init__.py": "VALUE = 42\n",
+             f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = [f"{path},sha256={base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b'=').decode()},"
+              f"{len(text.encode())}" for path, text in files.items()]
+    files[f"{info}/RECORD"] = "\n".join(record + [f"{info}/RECORD,,"]) + "\n"
+    whl = folder / f"{module}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(whl, "w") as zf:
+        for path, text in files.items():
+            zf.writestr(path, text)
+    return whl
+
+
 def evaluated_vertices(obj, world: bool = False) -> np.ndarray:
     """(V, 3) float64 metres: the depsgraph-evaluated mesh of a Blender object (shape keys and
     armature applied), in its local space, or in world space with ``world``."""

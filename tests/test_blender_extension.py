@@ -55,7 +55,7 @@ def test_manifest_is_valid_for_blender(blender_ext):
     assert manifest.schema_version == "1.0.0" and manifest.id == "microface" and manifest.type == "add-on"
     assert manifest.license == ["SPDX:GPL-3.0-or-later"]
     assert manifest.blender_version_min == "4.2.0"
-    assert set(manifest.permissions) == {"files"} and manifest.permissions["files"]
+    assert set(manifest.permissions) == {"files", "network"} and all(manifest.permissions.values())
 
 
 def test_versions_agree():
@@ -125,7 +125,7 @@ _INSTALL_SCRIPT = textwrap.dedent('''
     import json, os, sys
     import bpy
 
-    zip_path, result_path, video, head_model = sys.argv[1:5]
+    zip_path, result_path, video, head_model, wheels = sys.argv[1:6]
     out = {}
     PKG = "bl_ext.user_default.microface"
 
@@ -151,6 +151,16 @@ _INSTALL_SCRIPT = textwrap.dedent('''
     out["enabled"] = registered()
     prefs = bpy.context.preferences.addons[PKG].preferences
     out["prefs"] = {"python": prefs.python, "cache_dir": prefs.cache_dir, "device": prefs.device}
+    # Set Up Backend offline from a wheel folder that lacks the backend's packages: its check says
+    # what is missing, and nothing is kept.
+    prefs.wheel_folder = wheels
+    try:
+        bpy.ops.microface.setup_backend()
+        out["setup"] = "finished"
+    except RuntimeError as exc:
+        out["setup"] = str(exc)
+    out["setup_env"] = sorted(os.listdir(os.path.dirname(bpy.utils.extension_path_user(PKG, path="backend-env"))))
+    out["python_after_setup"] = prefs.python
     out["import"] = sorted(bpy.ops.microface.import_result(filepath=result_path))
     out["strip_poll"] = [bpy.ops.microface.reconstruct_strip.poll(),
                          sys.modules[PKG + ".ops.strip_ops"].unavailable_reason(bpy.context)]
@@ -185,7 +195,7 @@ def test_packed_zip_installs_works_and_uninstalls_cleanly(packed, tmp_path):
     from backend.head.flame import load_flame
     from backend.contract.result import write_result
     from backend.synthetic.synth_result import synthetic_result
-    from conftest import shared_video
+    from conftest import shared_video, tiny_wheel
 
     result_path = write_result(tmp_path / "clip.npz", synthetic_result(load_flame(), 6, seed=4))
     user = tmp_path / "blender_user"
@@ -197,7 +207,13 @@ def test_packed_zip_installs_works_and_uninstalls_cleanly(packed, tmp_path):
     script = tmp_path / "install.py"
     script.write_text(_INSTALL_SCRIPT)
     video, head_model = shared_video("single_face.mp4"), assets_folder() / STAND_IN_FILE
-    proc = subprocess.run([sys.executable, str(script), str(packed), str(result_path), str(video), str(head_model)],
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    pinned = json.loads(zipfile.ZipFile(packed).read("backend_env.json"))
+    for name in pinned["requirements"] + pinned["no_deps"]:
+        tiny_wheel(wheels, *name.split("=="))   # every pinned package, as an empty stand-in: offline, all resolved
+    proc = subprocess.run([sys.executable, str(script), str(packed), str(result_path), str(video), str(head_model),
+                           str(wheels)],
                           capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stdout + proc.stderr
@@ -210,6 +226,9 @@ def test_packed_zip_installs_works_and_uninstalls_cleanly(packed, tmp_path):
     assert enabled["menu"]
     ext_dir = user / "extensions" / "user_default" / "microface"
     assert out["prefs"]["python"] == env["MICROFACE_PYTHON"]
+    assert out["setup"].startswith("Error: backend check failed: "), out["setup"]
+    assert "import torch: ModuleNotFoundError" not in out["setup"] and "numpy" in out["setup"], out["setup"]
+    assert out["setup_env"] == ["cache"] and out["python_after_setup"] == env["MICROFACE_PYTHON"]
     assert Path(out["prefs"]["cache_dir"]).is_relative_to(user) and out["prefs"]["device"] == "AUTO"
     assert not Path(out["prefs"]["cache_dir"]).is_relative_to(ext_dir)  # never the add-on's own folder
     assert out["import"] == ["FINISHED"]

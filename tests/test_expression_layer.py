@@ -6,16 +6,14 @@ of the stand-in's expressions plus fields it lacks) and 50 (a projection that mi
 directions). Bounds are from the measurement in each test's comment (2026-12-06)."""
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 import torch
 
 from backend.config import WEIGHTS_DIR, assets_folder, resolve_asset
 from backend.errors import MicroFaceError
-from backend.head.expression_layer import (BASIS_FILE, basis_of_model, expression_map, find_basis, load_basis,
-                                           network_model, save_basis)
+from backend.head.expression_layer import (BASIS_FILE, basis_head, basis_of_model, expression_map, find_basis,
+                                           load_basis, save_basis, working_model)
 from backend.head.flame import FlameLayer, load_flame
 from benchmarks.flame_variants import write_variant
 from conftest import shared_video
@@ -81,11 +79,11 @@ def test_a_rotated_rescaled_100_component_model_recovers_a_known_expression(vari
     weights, pose = _known_expression(model)
     jaw = model.jaw_pose_slice()
     expr, own_pose = m.from_network(weights, pose, jaw)
-    truth = _meshes(network_model(model, basis), weights, pose)
+    truth = _meshes(basis_head(model, basis), weights, pose)
     err = np.linalg.norm(_meshes(model, expr, own_pose) - truth, axis=2) * 1000
     assert err.max() < 0.001                            # measured 1.5e-5 mm (float32 rounding)
     back, back_pose = m.to_network(expr, own_pose, jaw)
-    err = np.linalg.norm(_meshes(network_model(model, basis), back, back_pose) - truth, axis=2) * 1000
+    err = np.linalg.norm(_meshes(basis_head(model, basis), back, back_pose) - truth, axis=2) * 1000
     assert err.max() < 0.001                            # measured 1.5e-5 mm
 
 
@@ -98,33 +96,32 @@ def test_a_50_component_model_reports_what_it_cannot_span(variants, basis):
     weights, pose = _known_expression(model)
     expr, own_pose = m.from_network(weights, pose, model.jaw_pose_slice())
     face = model.region_labels >= 0
-    err = np.linalg.norm(_meshes(model, expr, own_pose) - _meshes(network_model(model, basis), weights, pose),
+    err = np.linalg.norm(_meshes(model, expr, own_pose) - _meshes(basis_head(model, basis), weights, pose),
                          axis=2)[:, face] * 1000
     assert err.mean() < 0.1                             # measured 0.036 mm (max 0.35)
 
 
 def test_the_basis_comes_from_beside_the_weights_else_from_the_stand_in(tmp_path, variants, basis, head_model):
-    weights = tmp_path / "microface.pt"
-    assert find_basis(weights, head_model, None).source == basis.source              # the stand-in itself
-    assert find_basis(weights, variants["flame100"], assets_folder()).names == basis.names
+    assert find_basis(tmp_path, head_model, None).source == basis.source              # the stand-in itself
+    assert find_basis(tmp_path, variants["flame100"], assets_folder()).names == basis.names
     with pytest.raises(MicroFaceError, match=f"expression basis was not found.*{BASIS_FILE}"):
-        find_basis(weights, variants["flame100"], tmp_path)
+        find_basis(tmp_path, variants["flame100"], tmp_path)
     save_basis(basis, tmp_path / BASIS_FILE)
-    assert find_basis(weights, variants["flame100"], tmp_path).names == basis.names
+    assert find_basis(tmp_path, variants["flame100"], tmp_path).names == basis.names
 
 
-def test_the_shipped_weights_load_for_any_flame_file(tmp_path, variants):
+def test_the_shipped_weights_run_on_any_flame_files_working_model(variants, head_model):
     from backend.net.network import load_weights
 
     shipped = resolve_asset("weights", folders=(WEIGHTS_DIR,))
-    for model in variants.values():
-        net = load_weights(shipped, model, assets_dir=assets_folder())
-        assert net.flame_model.n_expr == 53 and net.expression_map is not None
-        assert net.expression_layer["identity"] is False
-    lone = tmp_path / "microface.pt"     # weights with neither the basis beside them nor the stand-in
-    shutil.copy(shipped, lone)
-    with pytest.raises(MicroFaceError, match="expression basis was not found"):
-        load_weights(lone, variants["flame50"], assets_dir=tmp_path)
+    assert working_model(head_model, WEIGHTS_DIR, assets_folder())[0] is head_model   # the stand-in: as it is
+    for variant in variants.values():
+        model, emap = working_model(variant, WEIGHTS_DIR, assets_folder())
+        assert not emap.identity and model.n_expr == 53 and model.n_shape == variant.n_shape
+        assert np.array_equal(model.v_template, variant.v_template)    # the user's head, the basis' expressions
+        assert load_weights(shipped, model).flame_model is model
+        with pytest.raises(MicroFaceError, match="trained for 53 expressions"):
+            load_weights(shipped, variant)
 
 
 @pytest.mark.slow

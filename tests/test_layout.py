@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BACKEND = ROOT / "backend"
 SHIPPED = ("contract", "head", "capture", "net")         # what the product runs
 OFFLINE = ("synthetic", "training")                     # what makes data and weights
-TOP_LEVEL = {"__init__", "__main__", "cli", "pipeline", "config", "errors", "overlay"}
+TOP_LEVEL = {"__init__", "__main__", "cli", "pipeline", "config", "errors", "overlay", "environment_check"}
 
 
 def module_name(path: Path) -> str:

@@ -90,11 +90,11 @@ def load_basis(path: str | Path) -> ExpressionBasis:
         raise MicroFaceError(f"expression basis {path} is corrupt: {exc}") from None
 
 
-def find_basis(weights: Path, model: FlameModel, assets_dir: Path | None) -> ExpressionBasis:
-    """The basis the weights at ``weights`` speak: the file beside them (the extension zip ships
+def find_basis(weights_dir: Path, model: FlameModel, assets_dir: Path | None) -> ExpressionBasis:
+    """The basis the weights in ``weights_dir`` speak: the file beside them (the extension zip ships
     it), else the stand-in head model's own expressions (``model`` itself when it is the stand-in,
     else the stand-in in the assets folder or beside ``model``: a development checkout)."""
-    beside = weights.parent / BASIS_FILE
+    beside = weights_dir / BASIS_FILE
     if beside.is_file():
         return load_basis(beside)
     if model.path.name == STAND_IN_FILE and model.expr_named:
@@ -193,8 +193,17 @@ def expression_map(model: FlameModel, basis: ExpressionBasis) -> ExpressionMap:
     return ExpressionMap(basis.names, to_basis, from_basis, span, False)
 
 
-def network_model(model: FlameModel, basis: ExpressionBasis) -> FlameModel:
-    """``model`` with the basis as its expressions: the head the network runs on (the model's own
-    identity, template, joints and skinning)."""
+def basis_head(model: FlameModel, basis: ExpressionBasis) -> FlameModel:
+    """``model`` with the basis as its expressions: its own identity, template, joints and skinning."""
     return dataclasses.replace(model, exprdirs=basis.dirs.astype(np.float32), expression_names=list(basis.names),
                                expr_named=True)
+
+
+def working_model(model: FlameModel, weights_dir: Path, assets_dir: Path | None) -> tuple[FlameModel, ExpressionMap]:
+    """The head every stage runs on for the user's ``model`` (the fit, the reader, the network, the
+    photometric stage), and the map of its ψ back to ``model``'s own: ``model`` itself when its
+    expressions are the basis, else :func:`basis_head`. One basis everywhere: what the stages were
+    tuned and trained on, whatever FLAME file the user has."""
+    basis = find_basis(weights_dir, model, assets_dir)
+    emap = expression_map(model, basis)
+    return (model if emap.identity else basis_head(model, basis)), emap

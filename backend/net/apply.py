@@ -74,8 +74,7 @@ def apply_network(net: MicroFaceNet, sample: dict, frame_indices: np.ndarray | N
     """Run DEM -> FLAME -> DGMD on every frame of ``sample``.
 
     ``psi`` (expr (T, n), pose (T, 3J)): expression and jaw read elsewhere (backend/capture/flow_reader.py)
-    that the mesh deformation refines instead of the DEM's. Expressions in and out are the user's
-    head model's; with ``net.expression_map`` the network runs in its own basis between them.
+    that the mesh deformation refines instead of the DEM's.
 
     ``frame_indices`` (T,) source frame numbers set the time axis (default 0..T-1).
     ``drift_sigma`` > 0: the DEM's expression and jaw take their drift slower than this many
@@ -86,11 +85,6 @@ def apply_network(net: MicroFaceNet, sample: dict, frame_indices: np.ndarray | N
     """
     dev = next(net.parameters()).device
     t_count = len(sample["valid"])
-    emap, jaw = net.expression_map, net.jaw
-    if emap is not None:   # the user's head model speaks the network's basis through its map
-        sample = dict(sample)
-        sample["fit_expr"], sample["fit_pose"] = emap.to_network(sample["fit_expr"], sample["fit_pose"], jaw)
-        psi = None if psi is None else emap.to_network(psi[0], psi[1], jaw)
     f = np.arange(t_count) if frame_indices is None else np.asarray(frame_indices)
     as_t = lambda a: torch.as_tensor(np.asarray(a, np.float32), device=dev)  # noqa: E731
     flow = as_t(sample["flow"])[None]
@@ -122,10 +116,8 @@ def apply_network(net: MicroFaceNet, sample: dict, frame_indices: np.ndarray | N
             outs.append(net(part, given_expr=True))
     keys = ("vertices", "vertices_init", "vertices_head", "vertices_init_head", "intensity", "attention_region")
     joined = {k: torch.cat([o[k] for o in outs], 1)[0].cpu().numpy().astype(np.float32) for k in keys}
-    expr, pose = expr[0].cpu().numpy().astype(np.float32), pose[0].cpu().numpy().astype(np.float32)
-    if emap is not None:
-        expr, pose = emap.from_network(expr, pose, jaw)
-    return ClipMeshes(expr=expr, pose=pose, **joined)
+    return ClipMeshes(expr=expr[0].cpu().numpy().astype(np.float32), pose=pose[0].cpu().numpy().astype(np.float32),
+                      **joined)
 
 
 def parametric_meshes(model, fit, expr: np.ndarray, pose: np.ndarray, frame_indices: np.ndarray,

@@ -17,7 +17,6 @@ from torch import nn
 from ..config import file_sha256
 from ..contract.atomic import atomic_path
 from ..errors import MicroFaceError
-from ..head.expression_layer import expression_map, find_basis, network_model
 from ..head.flame import HEAD_MOTION, FlameLayer, FlameModel, axis_angle_to_matrix
 from .dem import DynamicEncodedModule
 from .dgmd import DGMDConfig, DynamicGuidedDeformation
@@ -51,10 +50,6 @@ class MicroFaceNet(nn.Module):
         self.trained_flow: dict | None = None   # the flow recipe it learned to read (load_weights sets it)
         # Its region rule {"fraction", "floor_mm", ...} calibrated on clips with truth (backend/training/calibrate.py)
         self.detection: dict | None = None
-        # How the user's head model speaks the network's expression basis (load_weights sets them):
-        # the map of ψ both ways (None: the model's expressions are the basis) and its meta.
-        self.expression_map = None
-        self.expression_layer: dict | None = None
         self.flame = FlameLayer(model)
         for b in self.flame.buffers():
             b.requires_grad_(False)
@@ -162,21 +157,14 @@ def save_weights(net: MicroFaceNet, path: str | os.PathLike, provenance: dict) -
     return path
 
 
-def _config_from_json(text: str) -> NetworkConfig:
+def config_from_json(text: str) -> NetworkConfig:
     raw = json.loads(text)
     return NetworkConfig(**{**raw, "dgmd": DGMDConfig(**raw["dgmd"])})
 
 
-def load_weights(path: str | os.PathLike, model: FlameModel, device: str = "cpu",
-                 assets_dir: Path | None = None) -> MicroFaceNet:
-    """Build the network for ``model`` and load ``path`` with ``weights_only=True``.
-
-    The network speaks the expression basis it was trained with (backend/head/expression_layer.py,
-    found beside the weights or from the stand-in in ``assets_dir``): on a model with other
-    expressions it runs on the model's head with the basis' expressions, and ``net.expression_map``
-    maps ψ both ways (None when the model's expressions are the basis).
-    Raises :class:`MicroFaceError` for a missing, corrupt or mismatched file.
-    """
+def read_payload(path: Path, device: str = "cpu") -> dict:
+    """The weights file's payload (format, version, config, n_expr, n_vertices, state, ...), read with
+    ``weights_only=True``. Raises :class:`MicroFaceError` for a missing, corrupt or foreign file."""
     path = Path(path)
     if not path.is_file():
         raise MicroFaceError(f"weights file {path} not found; pass --weights PATH or reinstall MicroFace")
@@ -193,17 +181,23 @@ def load_weights(path: str | os.PathLike, model: FlameModel, device: str = "cpu"
         raise MicroFaceError(f"weights file {path} is not MicroFace weights")
     if payload.get("version", 0) > WEIGHTS_VERSION:
         raise MicroFaceError(f"weights file {path} is version {payload['version']}; update MicroFace")
-    if payload.get("n_vertices") != model.v_template.shape[0]:
-        raise MicroFaceError(f"weights file {path} was trained for {payload.get('n_vertices')} vertices (FLAME "
-                             f"topology); the head model {model.path.name} has {model.v_template.shape[0]}")
-    basis = find_basis(path, model, assets_dir)
-    if payload.get("n_expr") != len(basis.names):
-        raise MicroFaceError(f"weights file {path} was trained for {payload.get('n_expr')} expressions; its "
-                             f"expression basis has {len(basis.names)}: reinstall MicroFace")
-    emap = expression_map(model, basis)
-    net = MicroFaceNet(model if emap.identity else network_model(model, basis), _config_from_json(payload["config"]))
-    net.expression_map = None if emap.identity else emap
-    net.expression_layer = emap.meta()
+    return payload
+
+
+def load_weights(path: str | os.PathLike, model: FlameModel, device: str = "cpu") -> MicroFaceNet:
+    """Build the network for ``model`` and load ``path`` with ``weights_only=True``.
+
+    ``model``'s expressions must be the basis the weights were trained with: for any other FLAME
+    file, pass :func:`backend.head.expression_layer.working_model`'s head (the pipeline does).
+    Raises :class:`MicroFaceError` for a missing, corrupt or mismatched file.
+    """
+    path = Path(path)
+    payload = read_payload(path, device)
+    if payload.get("n_expr") != model.n_expr or payload.get("n_vertices") != model.v_template.shape[0]:
+        raise MicroFaceError(f"weights file {path} was trained for {payload.get('n_expr')} expressions and "
+                             f"{payload.get('n_vertices')} vertices; the head model {model.path.name} has "
+                             f"{model.n_expr} and {model.v_template.shape[0]}")
+    net = MicroFaceNet(model, config_from_json(payload["config"]))
     missing, unexpected = net.load_state_dict(payload["state"], strict=False)
     missing = [k for k in missing if not k.startswith("flame.")]
     if missing or unexpected:

@@ -8,8 +8,14 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the add-on's folder, above 
 PYTHON_HINT = "run `python3 build.py env` in the MicroFace checkout to create its .venv, then pick .venv/bin/python"
 
 
+def env_python(env: Path) -> Path:
+    """The interpreter of the virtual environment in folder ``env``."""
+    return env / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
 def venv_python(root: Path) -> Path:
-    return root / ".venv" / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+    """A checkout's ``.venv`` interpreter (``python3 build.py env`` makes it)."""
+    return env_python(root / ".venv")
 
 
 def checkout_roots(package_dir: Path = PACKAGE_DIR) -> list[Path]:
@@ -18,13 +24,17 @@ def checkout_roots(package_dir: Path = PACKAGE_DIR) -> list[Path]:
     return [package_dir, package_dir.parent]
 
 
-def find_backend_python(package_dir: Path = PACKAGE_DIR, environ=os.environ) -> str:
-    """The backend's interpreter: ``$MICROFACE_PYTHON``, else a checkout's ``.venv`` python, else ""."""
+def find_backend_python(package_dir: Path = PACKAGE_DIR, environ=os.environ, setups: tuple[Path, ...] = ()) -> str:
+    """The backend's interpreter: ``$MICROFACE_PYTHON``, else an environment Set Up Backend made (in
+    ``setups``), else a checkout's ``.venv`` python, else ""."""
     from .contract import contract_module
 
     env = environ.get(contract_module("protocol").ENV_PYTHON, "")
     if env and Path(env).is_file():
         return env
+    for folder in setups:
+        if env_python(folder).is_file():
+            return str(env_python(folder))
     for root in checkout_roots(package_dir):
         py = venv_python(root)
         if py.is_file() and (root / "backend" / "__init__.py").is_file():
