@@ -13,6 +13,7 @@ import pytest
 
 from conftest import fake_checkout, shared_video
 from microface_blender.core import backend_job as bj
+from microface_blender.core.paths import addon_version
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,7 +70,7 @@ _FAKE_CLI = textwrap.dedent('''
 @pytest.fixture
 def fake(tmp_path):
     """(settings, environ, argv log) for a fake checkout whose backend is _FAKE_CLI."""
-    checkout = fake_checkout(tmp_path, _FAKE_CLI, version="9.9.9")
+    checkout = fake_checkout(tmp_path, _FAKE_CLI, version=addon_version())
     flame = tmp_path / "head.pkl"
     flame.write_bytes(b"not really")
     video = tmp_path / "clip.mp4"
@@ -207,7 +208,7 @@ def test_setup_problems_are_reported_with_the_fix(fake, tmp_path):
     assert bj.check_setup(settings, environ) is None
     missing = bj.BackendSettings(python="", cache_dir=str(tmp_path))
     msg = bj.check_setup(missing, environ)
-    assert msg.startswith("Backend not found: run `python3 build.py env`") and "Preferences > Backend Python" in msg
+    assert msg.startswith("Backend not found: press Set Up Backend") and "Preferences > Backend Python" in msg
     gone = bj.BackendSettings(**{**settings.__dict__, "python": str(tmp_path / "no" / "python")})
     assert bj.check_setup(gone, environ).startswith("Backend Python not found at ")
     job = bj.start_reconstruction(gone, video, 0, 12, environ=environ)
@@ -217,6 +218,11 @@ def test_setup_problems_are_reported_with_the_fix(fake, tmp_path):
     default_model = bj.BackendSettings(**{**settings.__dict__, "flame": ""})  # the fake checkout has no stand-in
     env = {k: v for k, v in environ.items() if k != "MICROFACE_FLAME"}
     assert bj.check_setup(default_model, env).startswith("No head model: set Preferences > Head Model")
+    older = fake_checkout(tmp_path / "older", _FAKE_CLI, version="0.1.0")   # weights and code of another release
+    stale = bj.BackendSettings(**{**settings.__dict__, "checkout": str(older)})
+    assert bj.check_setup(stale, environ) == (f"The backend at {older} is version 0.1.0 and this add-on "
+                                              f"{addon_version()}: install the matching MicroFace zip, or update "
+                                              f"the checkout")
     no_code = bj.BackendSettings(**{**settings.__dict__, "checkout": str(tmp_path)})
     assert bj.check_setup(no_code, environ).startswith("Backend code not found")
     no_clip = bj.start_reconstruction(settings, tmp_path / "nope.mp4", 0, 12, environ=environ)

@@ -29,12 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .contract import contract_module
-from .paths import checkout_roots
+from .paths import addon_version, checkout_roots
 
 protocol = contract_module("protocol")   # backend/contract/protocol.py: flags, events, variables
 
-BACKEND_NOT_FOUND = ("Backend not found: run `python3 build.py env` in the MicroFace checkout and set "
-                     "Preferences > Backend Python to its .venv/bin/python")
+BACKEND_NOT_FOUND = ("Backend not found: press Set Up Backend in Preferences > Add-ons > MicroFace, or run "
+                     "`python3 build.py env` in a MicroFace checkout and set Preferences > Backend Python to its "
+                     ".venv/bin/python")
 _DEVICES = ("auto", "cpu", "cuda")
 CANCEL_GRACE = 2.0  # seconds between terminate and kill
 
@@ -95,6 +96,10 @@ def check_setup(settings: BackendSettings, environ=os.environ) -> str | None:
     if checkout is None or not (checkout / "backend" / "cli.py").is_file():
         return (f"Backend code not found beside {settings.python}: set Preferences > Backend Python to the "
                 ".venv/bin/python of a MicroFace checkout")
+    backend, addon = _backend_version(checkout), addon_version()
+    if backend and addon and backend != addon:
+        return (f"The backend at {checkout} is version {backend} and this add-on {addon}: install the matching "
+                f"MicroFace zip, or update the checkout")
     if settings.flame:
         if not Path(settings.flame).expanduser().is_file():
             return f"Head model not found at {settings.flame}: set Preferences > Head Model to a FLAME .pkl"

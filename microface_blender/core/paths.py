@@ -8,6 +8,18 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the add-on's folder, above 
 PYTHON_HINT = "run `python3 build.py env` in the MicroFace checkout to create its .venv, then pick .venv/bin/python"
 
 
+def addon_version(package_dir: Path = PACKAGE_DIR) -> str:
+    """The add-on's version from its manifest (in the zip beside the package, in the repo above it); "" if unknown."""
+    import tomllib
+
+    for folder in (package_dir, package_dir.parent):
+        try:
+            return str(tomllib.loads((folder / "blender_manifest.toml").read_text(encoding="utf-8"))["version"])
+        except (OSError, ValueError, KeyError):
+            continue
+    return ""
+
+
 def env_python(env: Path) -> Path:
     """The interpreter of the virtual environment in folder ``env``."""
     return env / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
