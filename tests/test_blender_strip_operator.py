@@ -322,6 +322,14 @@ def test_operator_runs_synchronously_headless_and_undoes_in_one_step(strip_scene
     assert "face_rig" not in bpy.data.objects
 
 
+def test_set_up_backend_from_a_checkout_says_what_to_do_instead(preferences):
+    # Running from the repo there is no extension user folder: the checkout's .venv is the way.
+    before = preferences.python
+    with pytest.raises(RuntimeError, match="Set Up Backend is for the installed extension.*python3 build.py env"):
+        bpy.ops.microface.setup_backend()
+    assert preferences.python == before
+
+
 def test_button_is_off_with_the_reason_when_the_backend_is_missing(strip_scene, preferences):
     scene, strip = strip_scene
     preferences.python = ""

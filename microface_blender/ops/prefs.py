@@ -215,6 +215,10 @@ class MICROFACE_OT_setup_backend(bpy.types.Operator):
             return {'RUNNING_MODAL'}
         return self._finish(context, job)
 
+    def cancel(self, context):
+        # Blender removes the handler (file load, quit): stop the setup too.
+        stop_setup()
+
 
 class MICROFACE_OT_setup_backend_cancel(bpy.types.Operator):
     bl_idname = "microface.setup_backend_cancel"
