@@ -205,7 +205,8 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
     # Every stage runs on one expression basis, the one they were tuned and trained on; the result
     # speaks the user's own model (backend/head/expression_layer.py).
     wpath = resolve_asset("weights", cfg.weights, folders=(WEIGHTS_DIR,), required=cfg.network)
-    model, expression_layer = working_model(user_model, wpath.parent if wpath else WEIGHTS_DIR, assets_folder(cfg.assets))
+    model, expression_layer = working_model(user_model, wpath.parent if wpath else WEIGHTS_DIR,
+                                            assets_folder(cfg.assets))
     net, weights_info = None, None
     if cfg.network:   # a missing, corrupt or foreign weights file is found before the video is read
         from .net.network import load_weights

@@ -144,7 +144,8 @@ def load_flame(flame: str | Path | None = None, assets: str | Path | None = None
     """Load a FLAME-format model and its companions (masks, 68-point and MediaPipe embeddings).
 
     ``flame`` and ``assets`` follow :func:`backend.config.resolve_asset`: flag, environment, default;
-    the companions are looked for in the assets folder, then beside the head model. Every problem raises :class:`MicroFaceError` with a one-line message.
+    the companions are looked for in the assets folder, then beside the head model. Every problem
+    raises :class:`MicroFaceError` with a one-line message.
     """
     adir = assets_folder(assets)
     path = resolve_asset("flame", flame, folders=(adir,))
