@@ -563,6 +563,28 @@ def _drawn(draw, *args) -> list:
     return log
 
 
+def test_preferences_draw_set_up_backend_its_progress_and_how_it_ended(monkeypatch):
+    from microface_blender.ops import prefs
+
+    def draw(python=""):
+        log = _drawn(lambda layout, context: prefs.MicroFacePreferences.draw(
+            types.SimpleNamespace(layout=layout, python=python), context), bpy.context)
+        return log, [k.get("text", "") for name, a, k in log if name == "label"]
+
+    log, labels = draw()
+    assert ("operator", ("microface.setup_backend",), {"icon": 'CONSOLE'}) in log
+    assert any(t.startswith("No backend found: press Set Up Backend") for t in labels)
+    monkeypatch.setattr(prefs._SETUP, "job", types.SimpleNamespace(progress=("Installing packages (3/16)", 0.4)))
+    log, labels = draw()
+    assert "Installing packages (3/16): 40 %" in labels
+    assert ("operator", ("microface.setup_backend_cancel",), {"text": "Cancel", "icon": 'CANCEL'}) in log
+    monkeypatch.setattr(prefs._SETUP, "job", None)
+    monkeypatch.setattr(prefs._SETUP, "message", "backend check failed: import torch: ModuleNotFoundError")
+    monkeypatch.setattr(prefs._SETUP, "failed", True)
+    log, labels = draw("/some/python")
+    assert ("label", (), {"text": "backend check failed: import torch: ModuleNotFoundError", "icon": 'ERROR'}) in log
+
+
 def test_panels_draw_the_button_the_reason_and_the_progress(strip_scene, preferences, monkeypatch):
     from microface_blender.ops import ui
 
@@ -571,7 +593,7 @@ def test_panels_draw_the_button_the_reason_and_the_progress(strip_scene, prefere
     log = _drawn(strip_ops.draw_reconstruct, bpy.context)
     assert ("operator", ("microface.reconstruct_strip",), {"icon": 'SEQUENCE'}) in log
     labels = " ".join(k.get("text", "") for name, a, k in log if name == "label")
-    assert "face: frames 23-32" in labels and "Backend not found: run `python3 build.py env`" in labels
+    assert "face: frames 23-32" in labels and "Backend not found: press Set Up Backend" in labels
     for panel in (ui.MICROFACE_PT_main, strip_ops.MICROFACE_PT_sequencer):
         log = _drawn(lambda layout, context: panel.draw(types.SimpleNamespace(layout=layout), context), bpy.context)
         assert any(name == "operator" and a == ("microface.reconstruct_strip",) for name, a, k in log), panel
