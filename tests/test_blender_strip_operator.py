@@ -571,6 +571,7 @@ def test_preferences_draw_set_up_backend_its_progress_and_how_it_ended(monkeypat
             types.SimpleNamespace(layout=layout, python=python), context), bpy.context)
         return log, [k.get("text", "") for name, a, k in log if name == "label"]
 
+    monkeypatch.setattr(prefs._SETUP, "message", "")   # no setup has run yet
     log, labels = draw()
     assert ("operator", ("microface.setup_backend",), {"icon": 'CONSOLE'}) in log
     assert any(t.startswith("No backend found: press Set Up Backend") for t in labels)
