@@ -155,8 +155,7 @@ _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: the same sources give the
 CONTRACT = ("result", "protocol")  # backend/contract/<name>.py -> core/<name>.py (core/contract.py PACKED)
 # Development only, never imported by the shipped pipeline (tests/test_layout.py): not packed.
 _BACKEND_DEV_ONLY = {"training", "synthetic"}
-_DEV_REQUIREMENTS = ("pytest", "bpy")   # the test suite's; the backend a user sets up does without them
-BACKEND_ENV_FILE = "backend_env.json"   # the backend's pinned set, for the add-on's Set Up Backend
+BACKEND_ENV_FILE = "backend_env.json"   # the pinned set, for the add-on's Set Up Backend (core/backend_setup.py)
 _BASIS_SCRIPT = ("import sys; from backend.head.flame import load_flame; "
                  "from backend.head.expression_layer import STAND_IN_FILE, basis_of_model, save_basis; "
                  "from backend.config import assets_folder; "
@@ -212,11 +211,9 @@ def _generated_files() -> list[tuple[str, bytes]]:
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         subprocess.run([str(ensure_env()), "-c", _BASIS_SCRIPT, str(out)], check=True, cwd=ROOT, env=env)
         basis = out.read_bytes()
-    spec = _env_spec()
-    pinned = {k: [r for r in v if r.split("==")[0] not in _DEV_REQUIREMENTS] for k, v in spec.items()}
     return [("weights/microface_expression_basis.npz", basis),
             ("LICENSES/ICT-FaceKit.txt", licence.read_bytes()),
-            (BACKEND_ENV_FILE, (json.dumps(pinned, indent=1) + "\n").encode())]
+            (BACKEND_ENV_FILE, (json.dumps(_env_spec(), indent=1) + "\n").encode())]
 
 
 def pack(out_dir: Path) -> Path:

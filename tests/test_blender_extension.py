@@ -66,7 +66,7 @@ def test_versions_agree():
     assert manifest["version"] == project["version"] == backend.__version__
 
 
-def test_pack_writes_the_extension_zip(packed, blender_ext):
+def test_pack_writes_the_extension_zip(packed, blender_ext, build):
     manifest = tomllib.loads(MANIFEST.read_text())
     assert packed.name == f"microface-{manifest['version']}.zip"
     with zipfile.ZipFile(packed) as zf:
@@ -88,9 +88,7 @@ def test_pack_writes_the_extension_zip(packed, blender_ext):
     # Nothing names the checkout it was packed in (the weights' provenance names its training data).
     for name, data in contents.items():
         assert str(ROOT).encode() not in data, name
-    pinned = json.loads(contents["backend_env.json"])
-    assert "mediapipe==0.10.21" in pinned["no_deps"] and not any(r.startswith(("pytest", "bpy")) for r in
-                                                                  pinned["requirements"])
+    assert json.loads(contents["backend_env.json"]) == build._env_spec()   # Set Up Backend's pinned set
     # Blender's own validation of the archive (what `blender --command extension validate` runs).
     out = subprocess.run([sys.executable, str(_bpy_dir() / "5.0/scripts/addons_core/bl_pkg/cli/blender_ext.py"),
                           "validate", str(packed)], capture_output=True, text=True)
@@ -209,8 +207,14 @@ def test_packed_zip_installs_works_and_uninstalls_cleanly(packed, tmp_path):
     video, head_model = shared_video("single_face.mp4"), assets_folder() / STAND_IN_FILE
     wheels = tmp_path / "wheels"
     wheels.mkdir()
-    pinned = json.loads(zipfile.ZipFile(packed).read("backend_env.json"))
-    for name in pinned["requirements"] + pinned["no_deps"]:
+    from microface_blender.core.backend_setup import pinned_set
+
+    with zipfile.ZipFile(packed) as zf:
+        (tmp_path / "packed").mkdir()
+        (tmp_path / "packed" / "backend_env.json").write_bytes(zf.read("backend_env.json"))
+    requirements, no_deps = pinned_set(tmp_path / "packed")     # what the installed add-on will ask for
+    assert "mediapipe==0.10.21" in no_deps and not any(r.startswith(("pytest", "bpy")) for r in requirements)
+    for name in requirements + no_deps:
         tiny_wheel(wheels, *name.split("=="))   # every pinned package, as an empty stand-in: offline, all resolved
     proc = subprocess.run([sys.executable, str(script), str(packed), str(result_path), str(video), str(head_model),
                            str(wheels)],
