@@ -24,7 +24,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .backend_job import remove_stale_staging, staging_folder
+from .contract import contract_module
 from .paths import env_python
+
+protocol = contract_module("protocol")   # backend/contract/protocol.py: the check's events
 
 ENV_FILE = "backend_env.json"         # in the extension zip: {"requirements": [...], "no_deps": [...]}
 SETUP_FOLDER = "backend-env"          # under the extension's user folder
@@ -110,7 +114,6 @@ class SetupJob:
     installed: int = 0                # packages seen by the current install step
     python: str = ""
     checks: list = field(default_factory=list)       # the backend check's results, as it reported them
-    started: float = 0.0
     steps: list = field(default_factory=list)
     _proc: subprocess.Popen | None = None
     _lines: queue.Queue = field(default_factory=queue.Queue)
@@ -118,7 +121,6 @@ class SetupJob:
     _staging: Path | None = None
 
     def start(self) -> "SetupJob":
-        self.started = time.perf_counter()
         try:
             validate(self.request)
             self.request.target.parent.mkdir(parents=True, exist_ok=True)
@@ -126,9 +128,12 @@ class SetupJob:
             return self._fail(str(exc))
         except OSError as exc:
             return self._fail(f"cannot write {self.request.target.parent}: {exc.strerror or exc}")
-        for old in self.request.target.parent.glob(f".{self.request.target.name}-staging-*"):
-            shutil.rmtree(old, ignore_errors=True)   # left by a Blender that was killed mid-setup
-        self._staging = self.request.target.parent / f".{self.request.target.name}-staging-{os.getpid()}"
+        prefix = f".{self.request.target.name}-staging"
+        remove_stale_staging(self.request.target.parent, prefix)   # left by a Blender killed mid-setup
+        try:
+            self._staging = staging_folder(self.request.target.parent, prefix)
+        except OSError as exc:
+            return self._fail(f"cannot write {self.request.target.parent}: {exc.strerror or exc}")
         self.steps, self.state = plan(self.request), "running"
         self._launch()
         return self
@@ -187,13 +192,9 @@ class SetupJob:
                 self._tail.append(line)
             if _COLLECTING.match(line):
                 self.installed += 1
-            if line.startswith("{"):
-                try:
-                    event = json.loads(line)
-                except ValueError:
-                    continue
-                if event.get("stage") == "check":
-                    self.checks.append({k: event.get(k) for k in ("name", "ok", "detail")})
+            event = protocol.decode_event(line)   # the backend check's own events; None for other lines
+            if event is not None and event.get("stage") == "check":
+                self.checks.append({k: event.get(k) for k in ("name", "ok", "detail")})
         if ended:
             self._step_ended(self._proc.wait())
         return self.state
