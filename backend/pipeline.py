@@ -288,6 +288,13 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
         warnings.append(f"no usable face in source frames {_runs(lms.interpolated, clip.frame_indices)}: "
                         "landmarks there are interpolated and the fit is carried by its temporal prior")
 
+    # ARKit-52 weights of the final meshes (what retargeting reads), and the head's and eyes' rotations.
+    from .head.arkit import arkit_weights, head_and_eye_rotations
+
+    neutral = head_space(FlameLayer(model), fit.shape, np.zeros((1, model.n_expr)), np.zeros((1, pose.shape[1])))[0]
+    arkit = _timed(timings, "arkit", arkit_weights, model, head, neutral)
+    head_rotation, eye_rotation = head_and_eye_rotations(model, pose)
+
     if not expression_layer.identity:   # ψ in the user's own expressions and jaw (least squares)
         expr, pose = expression_layer.from_network(expr, pose, model.jaw_pose_slice())
 
@@ -325,6 +332,7 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
         landmarks_mp=inputs["lmk_mp"], landmarks_68=inputs["lmk_68"],
         valid=inputs["valid"], interpolated=lms.interpolated.astype(bool),
         align_transforms=inputs["align"], fit_error_px=(fit.reproj_px / clip.scale).astype(np.float32),
+        arkit_weights=arkit, head_rotation=head_rotation, eye_rotation=eye_rotation,
         meta=meta, **user_model.rig_arrays(fit.shape),
     )
     try:

@@ -28,6 +28,18 @@ REGION_NAMES = ("left_eye", "right_eye", "nose", "mouth", "left_cheek", "right_c
 UNITS = {"length": "m", "angles": "rad axis-angle", "pixels": "source"}
 LANDMARKS_68_SOURCES = ("fan", "flame_embedding")
 N_MEDIAPIPE = 478  # MediaPipe face mesh with iris refinement
+# Apple's 52 ARKit blendshapes, in Apple's names and order (ARFaceAnchor.BlendShapeLocation): the
+# columns of the optional ``arkit_weights``.
+ARKIT_NAMES = (
+    "eyeBlinkLeft", "eyeLookDownLeft", "eyeLookInLeft", "eyeLookOutLeft", "eyeLookUpLeft", "eyeSquintLeft",
+    "eyeWideLeft", "eyeBlinkRight", "eyeLookDownRight", "eyeLookInRight", "eyeLookOutRight", "eyeLookUpRight",
+    "eyeSquintRight", "eyeWideRight", "jawForward", "jawLeft", "jawRight", "jawOpen", "mouthClose", "mouthFunnel",
+    "mouthPucker", "mouthLeft", "mouthRight", "mouthSmileLeft", "mouthSmileRight", "mouthFrownLeft",
+    "mouthFrownRight", "mouthDimpleLeft", "mouthDimpleRight", "mouthStretchLeft", "mouthStretchRight",
+    "mouthRollLower", "mouthRollUpper", "mouthShrugLower", "mouthShrugUpper", "mouthPressLeft", "mouthPressRight",
+    "mouthLowerDownLeft", "mouthLowerDownRight", "mouthUpperUpLeft", "mouthUpperUpRight", "browDownLeft",
+    "browDownRight", "browInnerUp", "browOuterUpLeft", "browOuterUpRight", "cheekPuff", "cheekSquintLeft",
+    "cheekSquintRight", "noseSneerLeft", "noseSneerRight", "tongueOut")
 
 # Array name -> (stored dtype, shape, must be finite). Shape entries are ints or symbols:
 # T frames, V vertices, F triangles, S identity coefficients, E expression coefficients,
@@ -63,13 +75,17 @@ _OPTIONAL_ARRAYS: dict[str, tuple[str, tuple, bool]] = {
     "rig_skin_weights": ("float32", ("V", "J"), True),
     # Per-vertex region (index into REGION_NAMES, -1 outside): lets a reader weigh edits by region.
     "rig_region_labels": ("int8", ("V",), False),
+    # What retargeting needs: ARKit-52 weights (0..1, ARKIT_NAMES order) and the rotations beside them.
+    "arkit_weights": ("float32", ("T", len(ARKIT_NAMES)), True),
+    "head_rotation": ("float32", ("T", 3), True),
+    "eye_rotation": ("float32", ("T", 2, 3), True),
 }
 # Arrays in metres (per unit coefficient for rig_expr_dirs) whose magnitude must stay under this:
 # a head is metres from its camera, and 1e30 passes the finite check yet breaks every reader.
 _MAX_ABS_M = 1000.0
 _METRES = ("vertices", "vertices_init", "trans", "rig_rest_vertices", "rig_expr_dirs", "rig_joints")
-# Integer arrays whose values must lie in [low, high] (checked before narrowing, which would wrap).
-_VALUE_RANGES = {"rig_region_labels": (-1, len(REGION_NAMES) - 1)}
+# Arrays whose values must lie in [low, high] (checked before narrowing, which would wrap integers).
+_VALUE_RANGES = {"rig_region_labels": (-1, len(REGION_NAMES) - 1), "arkit_weights": (0.0, 1.0)}
 RIG_ARRAYS = ("rig_rest_vertices", "rig_expr_dirs", "rig_joints", "rig_parents", "rig_skin_weights")
 _SYMBOL_NAMES = {"T": "frames", "V": "vertices", "F": "faces", "S": "n_shape", "E": "n_expr", "P": "3*n_joints",
                  "J": "n_joints"}
@@ -123,6 +139,9 @@ class Result:
     rig_parents: np.ndarray | None = None        # (J,) int32 parent joint, -1 for the root; parents come first
     rig_skin_weights: np.ndarray | None = None   # (V, J) float32 skinning weights
     rig_region_labels: np.ndarray | None = None  # (V,) int8 region index into meta region_names, -1 outside (optional)
+    arkit_weights: np.ndarray | None = None   # (T, 52) float32 ARKit blendshape weights 0..1, ARKIT_NAMES order (optional)
+    head_rotation: np.ndarray | None = None   # (T, 3) float32 axis-angle rad, the head in camera space (optional)
+    eye_rotation: np.ndarray | None = None    # (T, 2, 3) float32 axis-angle rad, left and right eye in the head (optional)
 
     @property
     def has_rig(self) -> bool:

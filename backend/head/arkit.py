@@ -1,0 +1,111 @@
+"""ARKit-52 blendshape weights from meshes, and the head's and eyes' rotations (issue 16).
+
+Animators drive their characters through Apple's 52 ARKit blendshapes. The expression basis every
+stage runs on (backend/head/expression_layer.py) is ICT-FaceKit's ARKit-style set on FLAME topology:
+the same shapes, with ``browInnerUp`` and ``cheekPuff`` split into halves and no tongue. The weights
+are solved from the final head-space meshes, not copied from the expression coefficients, so that
+what the mesh deformation and the jaw joint add reaches them: per frame, a least-squares fit of the
+mesh's displacement from the neutral head by the basis, each weight bounded to 0..1 (projected
+coordinate descent on the normal equations, all frames at once). The eyeballs are left out: gaze is
+the eye joints' rotation, reported beside the weights.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..contract.result import ARKIT_NAMES
+from ..errors import MicroFaceError
+from .flame import FlameModel
+
+_MERGED = {"browInnerUp": ("browInnerUp_L", "browInnerUp_R"), "cheekPuff": ("cheekPuff_L", "cheekPuff_R")}
+_ALWAYS_ZERO = ("tongueOut",)
+_SWEEPS = 60     # coordinate-descent sweeps: 0.04 s for 30 frames, in-span meshes back to 1e-8
+
+
+def basis_name(arkit: str) -> str:
+    """The ICT-style basis name of an ARKit name without a merge: eyeBlinkLeft -> eyeBlink_L."""
+    for side, suffix in (("Left", "_L"), ("Right", "_R")):
+        if arkit.endswith(side) and arkit not in ("mouthLeft", "mouthRight", "jawLeft", "jawRight"):
+            return arkit[: -len(side)] + suffix
+    return arkit
+
+
+def arkit_matrix(basis_names: list[str] | tuple[str, ...]) -> np.ndarray:
+    """(52, K): ARKit weights = M @ basis weights (a merged pair is the mean of its halves)."""
+    index = {n: i for i, n in enumerate(basis_names)}
+    m = np.zeros((len(ARKIT_NAMES), len(basis_names)))
+    for a, name in enumerate(ARKIT_NAMES):
+        if name in _ALWAYS_ZERO:
+            continue
+        halves = _MERGED.get(name, (basis_name(name),))
+        missing = [h for h in halves if h not in index]
+        if missing:
+            raise MicroFaceError(f"the expression basis lacks {', '.join(missing)} (needed for ARKit {name})")
+        for h in halves:
+            m[a, index[h]] = 1.0 / len(halves)
+    return m
+
+
+def solve_weights(displacement: np.ndarray, dirs: np.ndarray, sweeps: int = _SWEEPS) -> np.ndarray:
+    """Basis weights w (T, K) in [0, 1] minimising |dirs · w_t - displacement_t|² per frame.
+
+    displacement (T, N, 3) metres, dirs (N, 3, K) metres per unit weight, on the same N vertices.
+    """
+    a = dirs.reshape(-1, dirs.shape[2]).astype(np.float64)                  # (3N, K)
+    gram = a.T @ a
+    rhs = displacement.reshape(len(displacement), -1).astype(np.float64) @ a  # (T, K)
+    diag = np.maximum(np.diag(gram), 1e-30)
+    w = np.clip(np.linalg.solve(gram + 1e-9 * np.diag(diag), rhs.T).T, 0.0, 1.0)   # a bounded start
+    for _ in range(sweeps):
+        for k in range(len(diag)):
+            # exact minimiser of coordinate k given the others, then the bound
+            w[:, k] = np.clip(w[:, k] + (rhs[:, k] - w @ gram[:, k]) / diag[k], 0.0, 1.0)
+    return w
+
+
+def arkit_weights(model: FlameModel, head: np.ndarray, neutral: np.ndarray) -> np.ndarray:
+    """ARKit-52 weights (T, 52) float32 in 0..1 of the head-space meshes ``head`` (T, V, 3) metres
+    against the ``neutral`` head (V, 3) (identity, no expression, no jaw), on ``model``'s expression
+    basis (the working model's: named ICT ARKit-style shapes). Eyeballs are left out."""
+    if not model.expr_named:
+        raise MicroFaceError("ARKit weights need the ARKit-style expression basis (the working model's)")
+    use = (np.abs(model.exprdirs).max((1, 2)) > 0) & ~model.eyeball_mask()
+    w = solve_weights(head[:, use] - neutral[use], model.exprdirs[use])
+    return (w @ arkit_matrix(model.expression_names).T).astype(np.float32)
+
+
+def _matrix(aa: np.ndarray) -> np.ndarray:
+    """Rodrigues: axis-angle (..., 3) -> rotation (..., 3, 3)."""
+    theta = np.linalg.norm(aa, axis=-1, keepdims=True)
+    k = aa / np.maximum(theta, 1e-12)
+    kx = np.zeros(aa.shape[:-1] + (3, 3))
+    kx[..., 0, 1], kx[..., 0, 2], kx[..., 1, 2] = -k[..., 2], k[..., 1], -k[..., 0]
+    kx = kx - np.swapaxes(kx, -1, -2)
+    t = theta[..., None]
+    return np.eye(3) + np.sin(t) * kx + (1 - np.cos(t)) * kx @ kx
+
+
+def _axis_angle(r: np.ndarray) -> np.ndarray:
+    """Rotation (..., 3, 3) -> axis-angle (..., 3), angles in [0, pi]."""
+    cos = np.clip((np.trace(r, axis1=-2, axis2=-1) - 1) / 2, -1.0, 1.0)
+    theta = np.arccos(cos)
+    v = np.stack([r[..., 2, 1] - r[..., 1, 2], r[..., 0, 2] - r[..., 2, 0], r[..., 1, 0] - r[..., 0, 1]], -1)
+    s = np.sin(theta)
+    small = s < 1e-6
+    out = v / np.where(small, 1.0, 2 * s)[..., None] * theta[..., None]
+    return np.where(small[..., None], v / 2, out)   # near 0 the axis-angle is half the skew part
+
+
+def head_and_eye_rotations(model: FlameModel, pose: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The head's rotation in the camera frame (global then neck, axis-angle (T, 3) radians) and each
+    eye's rotation relative to the head ((T, 2, 3), left eye first) from the pose (T, 3J)."""
+    p = np.asarray(pose, np.float64).reshape(len(pose), -1, 3)
+    names = model.joint_names
+    head = _matrix(p[:, 0])
+    if "neck" in names:
+        head = head @ _matrix(p[:, names.index("neck")])
+    eyes = model.eye_joints()
+    eye = np.zeros((len(pose), 2, 3))
+    for i, j in enumerate(eyes[:2]):
+        eye[:, i] = p[:, j]
+    return _axis_angle(head).astype(np.float32), eye.astype(np.float32)
