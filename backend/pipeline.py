@@ -296,7 +296,7 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
     head_rotation, eye_rotation = head_and_eye_rotations(model, pose)
 
     if not expression_layer.identity:   # ψ in the user's own expressions and jaw (least squares)
-        expr, pose = expression_layer.from_network(expr, pose, model.jaw_pose_slice())
+        expr, pose = expression_layer.to_model(expr, pose, model.jaw_pose_slice())
 
     from .contract.result import UNITS, Result, ResultError, write_result
 

@@ -100,7 +100,7 @@ def report() -> None:
             jaw = model.jaw_pose_slice()
             pose = np.zeros((len(weights), 3 * model.n_joints))
             pose[:, jaw.start] = rng.uniform(0, 0.08, len(weights))
-            expr, own_pose = m.from_network(weights, pose, jaw)
+            expr, own_pose = m.to_model(weights, pose, jaw)
             f32 = lambda a: torch.as_tensor(np.asarray(a, np.float32))  # noqa: E731
             zeros = f32(np.zeros((len(weights), model.n_shape)))
             with torch.no_grad():

@@ -78,13 +78,10 @@ def test_a_rotated_rescaled_100_component_model_recovers_a_known_expression(vari
     assert m.span_error_mm.max() < 1e-3                 # measured 0.0000 mm: it spans the basis
     weights, pose = _known_expression(model)
     jaw = model.jaw_pose_slice()
-    expr, own_pose = m.from_network(weights, pose, jaw)
+    expr, own_pose = m.to_model(weights, pose, jaw)
     truth = _meshes(basis_head(model, basis), weights, pose)
     err = np.linalg.norm(_meshes(model, expr, own_pose) - truth, axis=2) * 1000
     assert err.max() < 0.001                            # measured 1.5e-5 mm (float32 rounding)
-    back, back_pose = m.to_network(expr, own_pose, jaw)
-    err = np.linalg.norm(_meshes(basis_head(model, basis), back, back_pose) - truth, axis=2) * 1000
-    assert err.max() < 0.001                            # measured 1.5e-5 mm
 
 
 def test_a_50_component_model_reports_what_it_cannot_span(variants, basis):
@@ -94,7 +91,7 @@ def test_a_50_component_model_reports_what_it_cannot_span(variants, basis):
     assert 0.01 < meta["span_error_mm"] < 0.2          # measured 0.055 mm (max 0.135, eyeSquint_L)
     assert meta["worst"] in basis.names
     weights, pose = _known_expression(model)
-    expr, own_pose = m.from_network(weights, pose, model.jaw_pose_slice())
+    expr, own_pose = m.to_model(weights, pose, model.jaw_pose_slice())
     face = model.region_labels >= 0
     err = np.linalg.norm(_meshes(model, expr, own_pose) - _meshes(basis_head(model, basis), weights, pose),
                          axis=2)[:, face] * 1000

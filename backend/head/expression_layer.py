@@ -1,12 +1,12 @@
-"""The network's expression layer: one fixed expression basis on FLAME topology, and the linear map
-between it and any FLAME file's own expression space (and jaw).
+"""The expression layer: one fixed expression basis on FLAME topology that every stage runs on, and
+the linear map from it into any FLAME file's own expression space (and jaw).
 
 Every FLAME file (2020, 2023, 2023 Open, the open stand-in) shares the topology, so the network
 speaks one basis whatever file the user picks: ICT-FaceKit's 53 ARKit-style expression
 displacements (MIT, USC ICT), resampled onto FLAME topology, the basis the shipped weights were
 trained with (the stand-in ``microface_ict_flame.pkl`` carries it as its expression columns). A
-user's model with another expression space (FLAME's PCA expressions, 50-100 of them) is mapped to
-it once at load, by least squares over the shared vertices; the jaw rotation, linearised at rest,
+user's model with another expression space (FLAME's PCA expressions, 50-100 of them) gets the map
+once at load, by least squares over the shared vertices; the jaw rotation, linearised at rest,
 joins both sides, since FLAME opens the mouth with a joint where ICT has a ``jawOpen`` shape.
 
 ψ below is an expression vector followed by the jaw's axis-angle (3,), as the network packs it.
@@ -126,27 +126,27 @@ def jaw_columns(model: FlameModel) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ExpressionMap:
-    """Linear maps between a model's ψ (its n expressions ⊕ jaw) and the basis' ψ (K ⊕ jaw).
+    """The linear map from the basis' ψ (K expressions ⊕ jaw) to a model's ψ (its n ⊕ jaw).
 
-    - to_basis (K + 3, n + 3), from_basis (n + 3, K + 3): least-squares maps of the displacements.
+    - matrix (n + 3, K + 3): the least-squares map of the displacements.
     - span_error_mm (K,): per basis shape at weight 1, the rms over the face's vertices of the
       displacement the model's expressions and jaw cannot make.
-    - identity: the model's expressions are the basis; the maps are not applied.
+    - identity: the model's expressions are the basis; the map is not applied.
     """
 
     names: tuple[str, ...]
-    to_basis: np.ndarray
-    from_basis: np.ndarray
+    matrix: np.ndarray
     span_error_mm: np.ndarray
     identity: bool
 
-    def to_network(self, expr: np.ndarray, pose: np.ndarray, jaw: slice) -> tuple[np.ndarray, np.ndarray]:
-        """The model's expr (T, n) and pose (T, 3J) as the basis' expr (T, K) and pose (jaw mapped)."""
-        return _apply(self.to_basis, expr, pose, jaw, len(self.names))
-
-    def from_network(self, expr: np.ndarray, pose: np.ndarray, jaw: slice) -> tuple[np.ndarray, np.ndarray]:
-        """The basis' expr (T, K) and pose (T, 3J) as the model's expr (T, n) and pose."""
-        return _apply(self.from_basis, expr, pose, jaw, self.from_basis.shape[0] - (jaw.stop - jaw.start))
+    def to_model(self, expr: np.ndarray, pose: np.ndarray, jaw: slice) -> tuple[np.ndarray, np.ndarray]:
+        """The basis' expr (T, K) and pose (T, 3J) as the model's expr (T, n) and pose (its jaw mapped)."""
+        psi = np.concatenate([np.asarray(expr, np.float64), np.asarray(pose, np.float64)[..., jaw]], -1)
+        out = psi @ self.matrix.T
+        n = self.matrix.shape[0] - (jaw.stop - jaw.start)
+        pose = np.array(pose, copy=True)
+        pose[..., jaw] = out[..., n:].astype(pose.dtype)
+        return out[..., :n].astype(np.asarray(expr).dtype), pose
 
     def meta(self) -> dict:
         """The result's ``meta.expression_layer`` (docs/result_format.md)."""
@@ -157,17 +157,9 @@ class ExpressionMap:
                 "worst": self.names[worst] if round(float(self.span_error_mm[worst]), 4) > 0 else None}
 
 
-def _apply(matrix: np.ndarray, expr: np.ndarray, pose: np.ndarray, jaw: slice, n_out: int):
-    psi = np.concatenate([np.asarray(expr, np.float64), np.asarray(pose, np.float64)[..., jaw]], -1)
-    out = psi @ matrix.T
-    pose = np.array(pose, copy=True)
-    pose[..., jaw] = out[..., n_out:].astype(pose.dtype)
-    return out[..., :n_out].astype(np.asarray(expr).dtype), pose
-
-
 def _least_squares(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """argmin_X |a X - b|² with a tiny ridge per column of ``a`` (scale-free), for collinear
-    columns such as ICT's jawOpen beside the jaw joint."""
+    columns such as a file's jaw-like expression beside the jaw joint."""
     gram = a.T @ a
     return np.linalg.solve(gram + 1e-9 * np.diag(np.maximum(np.diag(gram), 1e-30)), a.T @ b)
 
@@ -181,16 +173,14 @@ def expression_map(model: FlameModel, basis: ExpressionBasis) -> ExpressionMap:
     jaw = jaw_columns(model).reshape(-1, 3)
     if model.exprdirs.shape == basis.dirs.shape and \
             np.abs(model.exprdirs - basis.dirs).max() < _SAME_TOLERANCE_M:
-        eye = np.eye(k + 3)
-        return ExpressionMap(basis.names, eye, eye, np.zeros(k), True)
+        return ExpressionMap(basis.names, np.eye(k + 3), np.zeros(k), True)
     own = np.concatenate([model.exprdirs.reshape(-1, n).astype(np.float64), jaw], 1)       # (3V, n + 3)
     theirs = np.concatenate([basis.dirs.reshape(-1, k).astype(np.float64), jaw], 1)        # (3V, K + 3)
-    from_basis = _least_squares(own, theirs)
-    to_basis = _least_squares(theirs, own)
+    matrix = _least_squares(own, theirs)
     face = np.repeat(model.region_labels >= 0, 3)
-    residual = (theirs[:, :k] - own @ from_basis[:, :k])[face].reshape(-1, 3, k)
+    residual = (theirs[:, :k] - own @ matrix[:, :k])[face].reshape(-1, 3, k)
     span = np.sqrt((residual ** 2).sum(1).mean(0)) * 1000.0
-    return ExpressionMap(basis.names, to_basis, from_basis, span, False)
+    return ExpressionMap(basis.names, matrix, span, False)
 
 
 def basis_head(model: FlameModel, basis: ExpressionBasis) -> FlameModel:
