@@ -105,14 +105,25 @@ def _check(weights: str | None) -> int:
     return protocol.EXIT_OK
 
 
+_RETERMINATE_S = 5.0   # how long an interrupt may go unanswered before it is sent again
+
+
 def main(argv: list[str] | None = None) -> int:
+    import threading
+
     args = _parser().parse_args(argv)
-    with protocol.termination_unwinds():
-        return _main(args)
+    ended = threading.Event()
+    try:
+        with protocol.termination_unwinds():
+            return _main(args, ended)
+    finally:
+        ended.set()
 
 
-def _watch_stdin() -> None:
-    """Block until standard input closes, then interrupt the main thread as SIGTERM would."""
+def _watch_stdin(ended) -> None:
+    """Block until standard input closes, then interrupt the main thread as SIGTERM would, again
+    every few seconds until ``ended`` (a threading.Event) is set: a C extension that imports a
+    module can print the interrupt raised there and carry on, and the run must still stop."""
     import _thread
 
     try:
@@ -123,15 +134,17 @@ def _watch_stdin() -> None:
             pass
     except (OSError, ValueError):
         pass
-    _thread.interrupt_main(signal.SIGTERM)
+    while not ended.is_set():
+        _thread.interrupt_main(signal.SIGTERM)
+        ended.wait(_RETERMINATE_S)
 
 
-def _main(args: argparse.Namespace) -> int:
+def _main(args: argparse.Namespace, ended) -> int:
     try:
         if getattr(args, "exit_with_stdin", False):
             import threading
 
-            threading.Thread(target=_watch_stdin, name="microface-stdin", daemon=True).start()
+            threading.Thread(target=_watch_stdin, args=(ended,), name="microface-stdin", daemon=True).start()
         if args.command == "check":
             return _check(args.weights)
         if args.command == "overlay":

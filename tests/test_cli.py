@@ -7,6 +7,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -128,6 +129,40 @@ def test_a_backend_whose_parent_is_killed_stops(tmp_path):
         os.kill(child, signal.SIGKILL)
         pytest.fail("the backend ran on after its parent was killed")
     assert not out.exists()
+
+
+def test_a_swallowed_stop_is_sent_again(tmp_path):
+    # A C extension importing a module can print the interrupt raised there and carry on (seen once
+    # in the test above, under load): the stdin watcher repeats it until the run has ended.
+    script = tmp_path / "child.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, threading, time
+        sys.path.insert(0, {str(ROOT)!r})
+        from backend import cli
+        from backend.contract import protocol
+        cli._RETERMINATE_S = 0.2
+        ended, swallowed = threading.Event(), False
+        with protocol.termination_unwinds():
+            threading.Thread(target=cli._watch_stdin, args=(ended,), daemon=True).start()
+            print("ready", flush=True)
+            try:
+                while True:
+                    try:
+                        time.sleep(0.01)    # interrupt_main is seen between bytecodes, not inside a sleep
+                    except protocol.Terminated:
+                        if swallowed:
+                            raise
+                        swallowed = True
+                        print("swallowed", flush=True)
+            except protocol.Terminated:
+                print("stopped", flush=True)
+                ended.set()
+        """))
+    proc = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    out, _ = proc.communicate(timeout=20)    # closes stdin, as a killed parent's end of the pipe would
+    assert out.split() == ["swallowed", "stopped"]
+    assert proc.returncode == 0
 
 
 def test_one_frame_clip(capsys, tmp_path):
