@@ -27,7 +27,8 @@ from pathlib import Path
 
 import bpy
 
-from .core import paths
+from .core import livelink, paths
+from .core.contract import contract_module
 from .core.backend_job import protocol, remove_stale_staging, staging_folder
 from .scene.importer import PROP_PREFIX, ImportFailed, import_result
 
@@ -64,6 +65,7 @@ class Options:
     backend: dict = field(default_factory=dict)  # protocol.ReconstructRequest fields besides video and output
     force: bool = False
     keep_result: bool = False
+    livelink: bool = False               # also <stem>_livelink.csv (core/livelink.py)
     verbose: bool = False
     python: str = ""                     # the backend's interpreter
     backend_root: Path | None = None     # the checkout holding backend/ (its PYTHONPATH and cwd)
@@ -91,6 +93,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fbx", action="store_true", help="also write <stem>.fbx (armature, skin, shape-key animation)")
     p.add_argument("--gltf", action="store_true", help="also write <stem>.glb (skin and morph-target animation)")
     p.add_argument("--abc", action="store_true", help="also write <stem>.abc (the evaluated mesh per frame)")
+    p.add_argument("--livelink", action="store_true",
+                   help="also write <stem>_livelink.csv: the ARKit-52 curves and head and eye rotations as a Live "
+                        "Link Face take (what Unreal and MetaHuman import)")
     p.add_argument("--keep-result", action="store_true", help="keep the backend's result as <stem>.npz beside "
                    "the .blend (and reuse it on a rerun instead of running the backend again)")
     p.add_argument("--force", action="store_true", help="redo clips whose outputs already exist")
@@ -124,7 +129,8 @@ def parse_args(argv: list[str]) -> Options:
         backend["flame"] = str(flame)
     return Options(inputs=[Path(p).expanduser().absolute() for p in a.inputs], out_dir=out,
                    exports=tuple(k for k in EXPORTS if getattr(a, k)), backend=backend,
-                   force=a.force, keep_result=a.keep_result, verbose=a.verbose, python=a.python or "")
+                   force=a.force, keep_result=a.keep_result, livelink=a.livelink, verbose=a.verbose,
+                   python=a.python or "")
 
 
 def find_clips(inputs: list[Path]) -> list[Path]:
@@ -157,6 +163,8 @@ def outputs(opts: Options, clip: Path) -> dict[str, Path]:
     out = {"blend": opts.out_dir / f"{clip.stem}.blend"}
     for key in opts.exports:
         out[key] = opts.out_dir / f"{clip.stem}{EXPORTS[key][0]}"
+    if opts.livelink:
+        out["livelink"] = opts.out_dir / f"{clip.stem}_livelink.csv"
     if opts.keep_result:
         out["npz"] = opts.out_dir / f"{clip.stem}.npz"
     return out
@@ -301,6 +309,19 @@ def export(kind: str, imp, path: Path) -> Path:
     return _written(path, EXPORTS[kind][0])
 
 
+def write_livelink(npz: Path, path: Path) -> Path:
+    """The result's ARKit-52 curves and rotations as a Live Link Face take at ``path``; raises
+    :class:`ClipFailed` for a result without them."""
+    res = contract_module("result").read_result(npz)
+    fps = float(res.meta["fps"])
+    try:
+        text = livelink.format_take(livelink.take_from_result(res), fps, float(res.frame_indices[0]) / fps)
+    except livelink.LiveLinkError as exc:
+        raise ClipFailed(str(exc)) from None
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
 def _check_exporters(kinds) -> None:
     for key in kinds:
         op_name, addon = EXPORTS[key][2], EXPORTS[key][3]
@@ -362,6 +383,8 @@ def convert_clip(opts: Options, clip: Path) -> ClipReport:
                 t = time.perf_counter()
                 written[key] = export(key, imp, work / f"{clip.stem}{EXPORTS[key][0]}")
                 stages[EXPORTS[key][1]] = time.perf_counter() - t
+        if opts.livelink:
+            written["livelink"] = write_livelink(npz, work / final["livelink"].name)
         # All there: rename into place, the .blend last (a crash in between leaves no finished set).
         for kind in sorted(final, key=lambda k: k == "blend"):
             if kind in written:
@@ -393,7 +416,7 @@ def summary_line(rep: ClipReport) -> str:
         return f"FAILED {rep.clip.name}: {rep.message}"
     if rep.status == "skip":
         return f"skip   {rep.clip.name} (done; --force to redo)"
-    extra = [EXPORTS[k][1] for k in EXPORTS if k in rep.outputs] + (["npz"] if "npz" in rep.outputs else [])
+    extra = [EXPORTS[k][1] for k in EXPORTS if k in rep.outputs] + [k for k in ("livelink", "npz") if k in rep.outputs]
     return (f"ok     {rep.clip.name}  {rep.frames} frames  {rep.seconds:.1f} s  -> {_shown(rep.outputs['blend'])}"
             + (f" [{' '.join(extra)}]" if extra else "")
             + (f"  active: {rep.active_regions}" if rep.active_regions else "")

@@ -301,6 +301,28 @@ def test_a_kept_result_is_reused(run, batch_module, tmp_path, monkeypatch, capsy
     assert sorted(p.name for p in out.iterdir()) == ["single_face.blend", "single_face.npz"]
 
 
+def test_livelink_writes_the_results_arkit_curves_as_a_live_link_face_take(run, batch_module, tmp_path, capsys):
+    import shutil
+
+    from microface_blender.core import livelink
+
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copyfile(run.out / "single_face.npz", out / "single_face.npz")   # no backend run needed
+    args = [str(run.clips / "single_face.mp4"), "-o", str(out), "--keep-result", "--livelink"]
+    assert batch_module.main(args, python=sys.executable, backend_root=ROOT) == 0
+    assert "[livelink npz]" in capsys.readouterr().out
+    csv_path = out / "single_face_livelink.csv"
+    assert sorted(p.name for p in out.iterdir()) == ["single_face.blend", "single_face.npz", csv_path.name]
+    lines = csv_path.read_text().splitlines()
+    assert lines[0] == ",".join(livelink.HEADER) and len(lines) == END + 2
+    assert lines[1].startswith("00:00:00:00.000,61,")                   # source frame 0 at the clip's rate
+    take = livelink.read_take(csv_path, float(run.res.meta["fps"]))
+    np.testing.assert_allclose(take.weights, run.res.arkit_weights, atol=1e-7)
+    np.testing.assert_allclose(take.rotations, livelink.rotation_columns(run.res.head_rotation, run.res.eye_rotation),
+                               atol=1e-7)
+
+
 @pytest.mark.parametrize("args, message", [
     ([], "no input clips or folders given"),
     (["{clip}"], "no output folder given"),

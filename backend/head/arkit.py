@@ -74,38 +74,17 @@ def arkit_weights(model: FlameModel, head: np.ndarray, neutral: np.ndarray) -> n
     return (w @ arkit_matrix(model.expression_names).T).astype(np.float32)
 
 
-def _matrix(aa: np.ndarray) -> np.ndarray:
-    """Rodrigues: axis-angle (..., 3) -> rotation (..., 3, 3)."""
-    theta = np.linalg.norm(aa, axis=-1, keepdims=True)
-    k = aa / np.maximum(theta, 1e-12)
-    kx = np.zeros(aa.shape[:-1] + (3, 3))
-    kx[..., 0, 1], kx[..., 0, 2], kx[..., 1, 2] = -k[..., 2], k[..., 1], -k[..., 0]
-    kx = kx - np.swapaxes(kx, -1, -2)
-    t = theta[..., None]
-    return np.eye(3) + np.sin(t) * kx + (1 - np.cos(t)) * kx @ kx
-
-
-def _axis_angle(r: np.ndarray) -> np.ndarray:
-    """Rotation (..., 3, 3) -> axis-angle (..., 3), angles in [0, pi]."""
-    cos = np.clip((np.trace(r, axis1=-2, axis2=-1) - 1) / 2, -1.0, 1.0)
-    theta = np.arccos(cos)
-    v = np.stack([r[..., 2, 1] - r[..., 1, 2], r[..., 0, 2] - r[..., 2, 0], r[..., 1, 0] - r[..., 0, 1]], -1)
-    s = np.sin(theta)
-    small = s < 1e-6
-    out = v / np.where(small, 1.0, 2 * s)[..., None] * theta[..., None]
-    return np.where(small[..., None], v / 2, out)   # near 0 the axis-angle is half the skew part
-
-
 def head_and_eye_rotations(model: FlameModel, pose: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The head's rotation in the camera frame (global then neck, axis-angle (T, 3) radians) and each
     eye's rotation relative to the head ((T, 2, 3), left eye first) from the pose (T, 3J)."""
+    from scipy.spatial.transform import Rotation
+
     p = np.asarray(pose, np.float64).reshape(len(pose), -1, 3)
     names = model.joint_names
-    head = _matrix(p[:, 0])
+    head = Rotation.from_rotvec(p[:, 0])
     if "neck" in names:
-        head = head @ _matrix(p[:, names.index("neck")])
-    eyes = model.eye_joints()
+        head = head * Rotation.from_rotvec(p[:, names.index("neck")])
     eye = np.zeros((len(pose), 2, 3))
-    for i, j in enumerate(eyes[:2]):
+    for i, j in enumerate(model.eye_joints()[:2]):
         eye[:, i] = p[:, j]
-    return _axis_angle(head).astype(np.float32), eye.astype(np.float32)
+    return head.as_rotvec().astype(np.float32), eye.astype(np.float32)
