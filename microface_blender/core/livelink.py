@@ -30,17 +30,10 @@ from .contract import contract_module
 from .lbs import axis_angle_to_matrix
 
 ARKIT_NAMES = contract_module("result").ARKIT_NAMES
-# The app's column order of the 52 shapes (differs from Apple's in the jaw and mouth sideways pairs).
-APP_ORDER = tuple(n[0].upper() + n[1:] for n in (
-    "eyeBlinkLeft", "eyeLookDownLeft", "eyeLookInLeft", "eyeLookOutLeft", "eyeLookUpLeft", "eyeSquintLeft",
-    "eyeWideLeft", "eyeBlinkRight", "eyeLookDownRight", "eyeLookInRight", "eyeLookOutRight", "eyeLookUpRight",
-    "eyeSquintRight", "eyeWideRight", "jawForward", "jawRight", "jawLeft", "jawOpen", "mouthClose", "mouthFunnel",
-    "mouthPucker", "mouthRight", "mouthLeft", "mouthSmileLeft", "mouthSmileRight", "mouthFrownLeft",
-    "mouthFrownRight", "mouthDimpleLeft", "mouthDimpleRight", "mouthStretchLeft", "mouthStretchRight",
-    "mouthRollLower", "mouthRollUpper", "mouthShrugLower", "mouthShrugUpper", "mouthPressLeft", "mouthPressRight",
-    "mouthLowerDownLeft", "mouthLowerDownRight", "mouthUpperUpLeft", "mouthUpperUpRight", "browDownLeft",
-    "browDownRight", "browInnerUp", "browOuterUpLeft", "browOuterUpRight", "cheekPuff", "cheekSquintLeft",
-    "cheekSquintRight", "noseSneerLeft", "noseSneerRight", "tongueOut"))
+# The app's column order of the 52 shapes: Apple's, in PascalCase, but with each sideways pair of
+# the jaw and the mouth the other way round.
+_APP_SWAPS = {"jawLeft": "jawRight", "jawRight": "jawLeft", "mouthLeft": "mouthRight", "mouthRight": "mouthLeft"}
+APP_ORDER = tuple((n := _APP_SWAPS.get(a, a))[0].upper() + n[1:] for a in ARKIT_NAMES)
 ROTATIONS = ("HeadYaw", "HeadPitch", "HeadRoll", "LeftEyeYaw", "LeftEyePitch", "LeftEyeRoll",
              "RightEyeYaw", "RightEyePitch", "RightEyeRoll")
 HEADER = ("Timecode", "BlendShapeCount", *APP_ORDER, *ROTATIONS)
