@@ -291,8 +291,7 @@ def reconstruct(video: str | os.PathLike, output: str | os.PathLike, cfg: Recons
     # ARKit-52 weights of the final meshes (what retargeting reads), and the head's and eyes' rotations.
     from .head.arkit import arkit_weights, head_and_eye_rotations
 
-    neutral = head_space(FlameLayer(model), fit.shape, np.zeros((1, model.n_expr)), np.zeros((1, pose.shape[1])))[0]
-    arkit = _timed(timings, "arkit", arkit_weights, model, head, neutral)
+    arkit = _timed(timings, "arkit", arkit_weights, model, head, fit.shape)
     head_rotation, eye_rotation = head_and_eye_rotations(model, pose)
 
     if not expression_layer.identity:   # ψ in the user's own expressions and jaw (least squares)

@@ -63,14 +63,14 @@ def solve_weights(displacement: np.ndarray, dirs: np.ndarray, sweeps: int = _SWE
     return w
 
 
-def arkit_weights(model: FlameModel, head: np.ndarray, neutral: np.ndarray) -> np.ndarray:
+def arkit_weights(model: FlameModel, head: np.ndarray, shape: np.ndarray) -> np.ndarray:
     """ARKit-52 weights (T, 52) float32 in 0..1 of the head-space meshes ``head`` (T, V, 3) metres
-    against the ``neutral`` head (V, 3) (identity, no expression, no jaw), on ``model``'s expression
+    against the neutral head of identity ``shape`` (no expression, no jaw), on ``model``'s expression
     basis (the working model's: named ICT ARKit-style shapes). Eyeballs are left out."""
     if not model.expr_named:
         raise MicroFaceError("ARKit weights need the ARKit-style expression basis (the working model's)")
     use = (np.abs(model.exprdirs).max((1, 2)) > 0) & ~model.eyeball_mask()
-    w = solve_weights(head[:, use] - neutral[use], model.exprdirs[use])
+    w = solve_weights(head[:, use] - model.rest_vertices(shape)[use], model.exprdirs[use])
     return (w @ arkit_matrix(model.expression_names).T).astype(np.float32)
 
 

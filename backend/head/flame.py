@@ -97,13 +97,18 @@ class FlameModel:
             "region_names": list(self.region_names),
         }
 
+    def rest_vertices(self, shape: np.ndarray) -> np.ndarray:
+        """(V, 3) float64 metres: the head of identity ``shape`` (n_shape,) at zero expression and pose
+        (what FLAME gives there: pose correctives vanish at rest)."""
+        return self.v_template.astype(np.float64) + self.shapedirs.astype(np.float64) @ np.asarray(shape, np.float64)
+
     def rig_arrays(self, shape: np.ndarray) -> dict[str, np.ndarray]:
         """The result file's optional ``rig_*`` arrays for identity ``shape`` (n_shape,): rest vertices
         (V, 3) and joints (J, 3) at zero expression and pose, expression directions (n_expr, V, 3) per
         unit coefficient, parents (J,) and skinning weights (V, J). Metres, head-model frame, float32.
         Also the per-vertex region labels (V,) int8 (index into ``region_names``, -1 outside).
         Pose correctives (posedirs) are not part of it."""
-        rest = self.v_template.astype(np.float64) + self.shapedirs.astype(np.float64) @ np.asarray(shape, np.float64)
+        rest = self.rest_vertices(shape)
         f32 = np.float32
         return {
             "rig_rest_vertices": rest.astype(f32),
