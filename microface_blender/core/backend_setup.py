@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .backend_job import remove_stale_staging, staging_folder
+from .backend_job import child_env, remove_stale_staging, staging_folder
 from .contract import contract_module
 from .paths import env_python
 
@@ -152,9 +152,9 @@ class SetupJob:
         s = self.steps[self.step]
         py = self.request.base_python if s.use_base else str(env_python(self._staging))
         args = [a.replace("{staging}", str(self._staging)) for a in s.args]
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "PYTHONPATH", "PYTHONSTARTUP",
-                                                                 "PIP_REQUIRE_VIRTUALENV")}
-        env.update(PYTHONPATH=str(self.request.backend), PYTHONUNBUFFERED="1", PIP_NO_INPUT="1")
+        env = child_env(self.request.backend)   # Blender's Python variables out, the backend importable
+        env.pop("PIP_REQUIRE_VIRTUALENV", None)
+        env["PIP_NO_INPUT"] = "1"
         kwargs = {"creationflags": getattr(subprocess, "CREATE_NO_WINDOW", 0)} if os.name == "nt" \
             else {"start_new_session": True}
         self.installed = 0

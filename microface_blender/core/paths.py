@@ -1,6 +1,7 @@
 """Where the add-on finds the backend's Python (no bpy)."""
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -8,6 +9,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the add-on's folder, above 
 PYTHON_HINT = "run `python3 build.py env` in the MicroFace checkout to create its .venv, then pick .venv/bin/python"
 
 
+@functools.lru_cache(maxsize=None)   # read once: the panel asks on every redraw
 def addon_version(package_dir: Path = PACKAGE_DIR) -> str:
     """The add-on's version from its manifest (in the zip beside the package, in the repo above it); "" if unknown."""
     import tomllib

@@ -8,8 +8,8 @@ from pathlib import Path
 import bpy
 from bpy.props import EnumProperty, StringProperty
 
-from ..core import backend_setup
-from ..core.paths import PACKAGE_DIR, PYTHON_HINT, checkout_roots, find_backend_python
+from ..core import backend_job, backend_setup
+from ..core.paths import PACKAGE_DIR, PYTHON_HINT, find_backend_python
 
 # The add-on is the package above ops/: "microface_blender" in the repo, "bl_ext.<repo>.microface" once installed.
 ADDON_ID = __package__.rpartition(".")[0]
@@ -132,7 +132,7 @@ def setup_request(context) -> backend_setup.SetupRequest:
     if target is None:
         raise backend_setup.SetupError("Set Up Backend is for the installed extension; in a MicroFace checkout run "
                                        "`python3 build.py env` and pick .venv/bin/python")
-    backend = next((r for r in checkout_roots() if (r / "backend" / "__init__.py").is_file()), PACKAGE_DIR)
+    backend = backend_job.find_checkout("") or PACKAGE_DIR     # the zip's own backend (validate names a missing one)
     req, no_deps = backend_setup.pinned_set(PACKAGE_DIR)
     p = get(context)
     wheels = bpy.path.abspath(p.wheel_folder) if p is not None and p.wheel_folder else ""
