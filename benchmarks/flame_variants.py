@@ -14,8 +14,10 @@ identity then the expression columns, no ``n_expr`` / ``expr_offset`` / names ke
     .venv/bin/python benchmarks/flame_variants.py report
 
 ``report`` makes both in a temporary folder and prints, per file, how well it spans the network's
-expression basis (backend/head/expression_layer.py) and how closely a known expression (five basis
-shapes a frame at weights 0..0.6 and a jaw opening up to 0.08 rad, 20 frames) comes back through it.
+expression basis (backend/head/expression_layer.py) and how closely a known expression
+(:func:`known_expression`: five basis shapes a frame at weights 0..0.6 and a jaw opening up to
+0.08 rad, 20 frames) comes back through it (:func:`map_error_mm`; tests/test_expression_layer.py
+asserts the same figures).
 """
 from __future__ import annotations
 
@@ -77,37 +79,50 @@ def write_variant(kind: str, out: str | Path, seed: int = 0, flame: str | Path |
     return out
 
 
+def known_expression(model, k: int, frames: int = 20, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """A known expression: basis weights (T, k), five shapes a frame at 0..0.6, and ``model``'s pose
+    (T, 3J) with a jaw opening of up to 0.08 rad."""
+    rng = np.random.default_rng(seed)
+    weights = np.zeros((frames, k))
+    for t in range(frames):
+        weights[t, rng.choice(k, 5, replace=False)] = rng.uniform(0, 0.6, 5)
+    pose = np.zeros((frames, 3 * model.n_joints))
+    pose[:, model.jaw_pose_slice().start] = rng.uniform(0, 0.08, frames)
+    return weights, pose
+
+
+def map_error_mm(model, basis, weights: np.ndarray, pose: np.ndarray) -> np.ndarray:
+    """(T, V) mm: how far ``model``'s head with the mapped expression (ExpressionMap.to_model) lies
+    from its head with the basis weights ``weights`` (T, K) and ``pose`` (T, 3J), zero identity."""
+    import torch
+
+    from backend.head.expression_layer import basis_head, expression_map
+    from backend.head.flame import FlameLayer
+
+    expr, own_pose = expression_map(model, basis).to_model(weights, pose, model.jaw_pose_slice())
+    f32 = lambda a: torch.as_tensor(np.asarray(a, np.float32))  # noqa: E731
+    zeros = f32(np.zeros((len(weights), model.n_shape)))
+    with torch.no_grad():
+        truth, _ = FlameLayer(basis_head(model, basis))(zeros, f32(weights), f32(pose))
+        got, _ = FlameLayer(model)(zeros, f32(expr), f32(own_pose))
+    return np.linalg.norm((got - truth).numpy().astype(np.float64), axis=2) * 1000
+
+
 def report() -> None:
     """Print the table of the module docstring."""
     import tempfile
 
-    import torch
-
-    from backend.head.expression_layer import basis_of_model, expression_map, basis_head
-    from backend.head.flame import FlameLayer, load_flame
+    from backend.head.expression_layer import basis_of_model, expression_map
+    from backend.head.flame import load_flame
 
     basis = basis_of_model(load_flame())
-    rng = np.random.default_rng(1)
-    weights = np.zeros((20, len(basis.names)))
-    for t in range(len(weights)):
-        weights[t, rng.choice(len(basis.names), 5, replace=False)] = rng.uniform(0, 0.6, 5)
     print("| file | expressions | span error, mean (max) | known expression through the map: face error mean (max) |")
     print("|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for kind in VARIANTS:
             model = load_flame(write_variant(kind, Path(tmp) / f"{kind}.pkl"))
-            m = expression_map(model, basis)
-            jaw = model.jaw_pose_slice()
-            pose = np.zeros((len(weights), 3 * model.n_joints))
-            pose[:, jaw.start] = rng.uniform(0, 0.08, len(weights))
-            expr, own_pose = m.to_model(weights, pose, jaw)
-            f32 = lambda a: torch.as_tensor(np.asarray(a, np.float32))  # noqa: E731
-            zeros = f32(np.zeros((len(weights), model.n_shape)))
-            with torch.no_grad():
-                truth, _ = FlameLayer(basis_head(model, basis))(zeros, f32(weights), f32(pose))
-                got, _ = FlameLayer(model)(zeros, f32(expr), f32(own_pose))
-            err = np.linalg.norm((got - truth).numpy(), axis=2)[:, model.region_labels >= 0] * 1000
-            meta = m.meta()
+            err = map_error_mm(model, basis, *known_expression(model, len(basis.names)))[:, model.region_labels >= 0]
+            meta = expression_map(model, basis).meta()
             print(f"| {kind} | {model.n_expr} | {meta['span_error_mm']:.4f} mm ({meta['span_error_max_mm']:.4f}, "
                   f"{meta['worst'] or '-'}) | {err.mean():.4f} mm ({err.max():.4f}) |")
 

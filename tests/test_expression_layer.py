@@ -12,10 +12,10 @@ import torch
 
 from backend.config import WEIGHTS_DIR, assets_folder, resolve_asset
 from backend.errors import MicroFaceError
-from backend.head.expression_layer import (BASIS_FILE, basis_head, basis_of_model, expression_map, find_basis,
+from backend.head.expression_layer import (BASIS_FILE, basis_of_model, expression_map, find_basis,
                                            load_basis, save_basis, working_model)
 from backend.head.flame import FlameLayer, load_flame
-from benchmarks.flame_variants import write_variant
+from benchmarks.flame_variants import known_expression, map_error_mm, write_variant
 from conftest import shared_video
 
 
@@ -28,24 +28,6 @@ def variants(tmp_path_factory):
 @pytest.fixture(scope="module")
 def basis(head_model):
     return basis_of_model(head_model)
-
-
-def _known_expression(model, seed: int = 1, frames: int = 20):
-    """Basis weights (T, 53): five shapes a frame at 0..0.6, and a jaw opening of up to 0.08 rad."""
-    rng = np.random.default_rng(seed)
-    weights = np.zeros((frames, 53))
-    for t in range(frames):
-        weights[t, rng.choice(53, 5, replace=False)] = rng.uniform(0, 0.6, 5)
-    pose = np.zeros((frames, 3 * model.n_joints))
-    pose[:, model.jaw_pose_slice().start] = rng.uniform(0, 0.08, frames)
-    return weights, pose
-
-
-def _meshes(model, expr, pose):
-    f32 = lambda a: torch.as_tensor(np.asarray(a, np.float32))  # noqa: E731
-    with torch.no_grad():
-        v, _ = FlameLayer(model)(f32(np.zeros((len(expr), model.n_shape))), f32(expr), f32(pose))
-    return v.numpy().astype(np.float64)
 
 
 def test_the_basis_file_round_trips_compactly(tmp_path, basis):
@@ -76,11 +58,7 @@ def test_a_rotated_rescaled_100_component_model_recovers_a_known_expression(vari
     m = expression_map(model, basis)
     assert not m.identity
     assert m.span_error_mm.max() < 1e-3                 # measured 0.0000 mm: it spans the basis
-    weights, pose = _known_expression(model)
-    jaw = model.jaw_pose_slice()
-    expr, own_pose = m.to_model(weights, pose, jaw)
-    truth = _meshes(basis_head(model, basis), weights, pose)
-    err = np.linalg.norm(_meshes(model, expr, own_pose) - truth, axis=2) * 1000
+    err = map_error_mm(model, basis, *known_expression(model, len(basis.names)))
     assert err.max() < 0.001                            # measured 1.5e-5 mm (float32 rounding)
 
 
@@ -90,11 +68,7 @@ def test_a_50_component_model_reports_what_it_cannot_span(variants, basis):
     meta = m.meta()
     assert 0.01 < meta["span_error_mm"] < 0.2          # measured 0.055 mm (max 0.135, eyeSquint_L)
     assert meta["worst"] in basis.names
-    weights, pose = _known_expression(model)
-    expr, own_pose = m.to_model(weights, pose, model.jaw_pose_slice())
-    face = model.region_labels >= 0
-    err = np.linalg.norm(_meshes(model, expr, own_pose) - _meshes(basis_head(model, basis), weights, pose),
-                         axis=2)[:, face] * 1000
+    err = map_error_mm(model, basis, *known_expression(model, len(basis.names)))[:, model.region_labels >= 0]
     assert err.mean() < 0.1                             # measured 0.036 mm (max 0.35)
 
 
